@@ -1,0 +1,305 @@
+//! Command line: subcommands, exit codes, signal handling.
+//!
+//! Exit codes (sysexits): 0 success, 64 invalid configuration or usage,
+//! 69 an address could not be bound, 70 internal error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Dur, Mode};
+use crate::demo::{self, DemoOptions};
+use crate::server::{self, ServeOptions, ShutdownTrigger};
+use crate::sim::{Sim, SimOptions};
+use crate::{Listeners, StartError, telemetry};
+
+pub const EXIT_USAGE: u8 = 64;
+
+const EXAMPLES: &str = "\
+Examples:
+  portcullis demo                              # simulator + proxy, no setup
+  portcullis run --config /etc/portcullis/portcullis.yaml
+  portcullis check-config config/example.yaml  # exit 0 if valid, 64 if not
+  portcullis check-config --load config/example.yaml   # also read secrets and certificates
+  portcullis key generate                      # a new caller key and its hash
+  portcullis sim --listen 127.0.0.1:8444       # the Schwab simulator alone
+
+Documentation: README.md and docs/ in the source tree.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authorization proxy for the Charles Schwab Trader and Market Data APIs",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// Path to the YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the demo: the Schwab simulator and the proxy, with generated
+    /// certificates under .portcullis-demo/ and published demo keys.
+    Demo(DemoArgs),
+    /// Run the Schwab API simulator alone.
+    Sim(SimArgs),
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        /// Path to the YAML configuration.
+        file: PathBuf,
+        /// Also read every secret, certificate, CA and route file it references.
+        #[arg(long)]
+        load: bool,
+    },
+    /// Manage caller API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Print a new random caller key and the hash to put in the configuration.
+    Generate,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Directory for the generated CA, certificates and token.
+    #[arg(long, default_value = ".portcullis-demo")]
+    dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    proxy_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    sim_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin_addr: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Address to listen on (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    listen: SocketAddr,
+    /// Directory for the generated CA (ca.pem), certificate and a fresh access token.
+    #[arg(long, default_value = ".portcullis-sim")]
+    dir: PathBuf,
+    /// OAuth app key accepted at /v1/oauth/token (HTTP Basic).
+    #[arg(long, default_value = "sim-app-key-0123456789abcdef01234567")]
+    app_key: String,
+    /// OAuth app secret.
+    #[arg(long, default_value = "sim-app-secret-0123456789")]
+    app_secret: String,
+    /// Access token lifetime.
+    #[arg(long, default_value = "30m")]
+    access_token_ttl: Dur,
+    /// Refresh token lifetime.
+    #[arg(long, default_value = "7d")]
+    refresh_token_ttl: Dur,
+    /// API requests allowed per minute before 429 (off when absent).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Latency added to every API response, e.g. 50ms.
+    #[arg(long, default_value = "0ms")]
+    latency: Dur,
+    /// Answer every Nth API request with 500.
+    #[arg(long)]
+    fail_every: Option<u64>,
+    /// Reset the connection of every Nth API request.
+    #[arg(long)]
+    reset_every: Option<u64>,
+}
+
+/// Entry point for `main`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Key {
+            command: KeyCommand::Generate,
+        } => key_generate(),
+        Command::CheckConfig { file, load } => match crate::check_config(&file, load) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK ({} listener(s), {} caller(s){})",
+                    file.display(),
+                    cfg.listen.len(),
+                    cfg.callers.len(),
+                    if load {
+                        ", secrets and files loaded"
+                    } else {
+                        ""
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Run { config } => {
+            let cfg = match Config::from_file(&config, Mode::Normal) {
+                Ok(c) => c,
+                Err(e) => return fail(&StartError::Config(e)),
+            };
+            telemetry::init(cfg.logging.format, &cfg.logging.level);
+            runtime(async move {
+                let listeners = Listeners::bind(&cfg).await?;
+                let (trigger, shutdown) = server::shutdown_channel();
+                tokio::spawn(on_signals(trigger));
+                crate::run(cfg, listeners, shutdown).await
+            })
+        }
+        Command::Demo(args) => {
+            telemetry::init(crate::config::LogFormat::Human, "info");
+            let opts = DemoOptions {
+                dir: args.dir,
+                proxy: args.proxy_addr,
+                sim: args.sim_addr,
+                admin: args.admin_addr,
+            };
+            runtime(async move {
+                let (trigger, shutdown) = server::shutdown_channel();
+                let (handle, task) = demo::start(&opts, shutdown).await?;
+                println!("{}", demo::banner(&handle, &opts.dir));
+                tokio::spawn(on_signals(trigger));
+                task.await
+                    .map_err(|e| StartError::Internal(e.to_string()))?
+            })
+        }
+        Command::Sim(args) => {
+            telemetry::init(crate::config::LogFormat::Human, "info");
+            runtime(run_sim(args))
+        }
+    }
+}
+
+fn fail(e: &StartError) -> ExitCode {
+    eprintln!("portcullis: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn runtime<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), StartError>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&StartError::Internal(format!("tokio runtime: {e}"))),
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn key_generate() -> ExitCode {
+    match crate::keys::generate() {
+        Ok((key, hash)) => {
+            println!("key:  {key}");
+            println!("hash: {hash}");
+            eprintln!(
+                "Give the key to the caller (it goes where a Schwab client keeps its access token); \
+                 put only the hash in the configuration under callers[].key_hashes."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(_) => fail(&StartError::Internal(
+            "the system random generator failed".into(),
+        )),
+    }
+}
+
+/// First SIGTERM/Ctrl-C: graceful shutdown (drain in-flight requests).
+/// Second: exit at once.
+async fn on_signals(trigger: ShutdownTrigger) {
+    wait_signal().await;
+    tracing::info!("shutting down: draining in-flight requests (signal again to exit now)");
+    trigger.trigger();
+    wait_signal().await;
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_sim(args: SimArgs) -> Result<(), StartError> {
+    let ca = demo::prepare_dir(&args.dir)?;
+    let tls = demo::write_pki(&args.dir, &ca, "sim", crate::certs::SIM_NAMES)?;
+    let listener = crate::bind_addr(args.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(e.to_string()))?;
+    let sim = Sim::new(SimOptions {
+        app_key: args.app_key.clone(),
+        app_secret: args.app_secret,
+        access_token_ttl: args.access_token_ttl.0,
+        refresh_token_ttl: args.refresh_token_ttl.0,
+        rate_limit_per_minute: args.rate_limit,
+        latency: args.latency.0,
+        fail_every: args.fail_every,
+        reset_every: args.reset_every,
+        streamer_url: format!("wss://{addr}/ws"),
+        ..SimOptions::default()
+    });
+    let token = sim.issue_access_token(args.access_token_ttl.0.max(Duration::from_secs(1)));
+    let token_path = args.dir.join("access-token");
+    demo::write_private(&token_path, token.as_bytes())
+        .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
+    println!(
+        "Schwab simulator on https://{addr}\n  CA certificate: {}\n  app key: {}\n  \
+         an access token (valid {}s) is in {}\n  journal: GET/DELETE https://{addr}/__sim/journal",
+        args.dir.join("ca.pem").display(),
+        args.app_key,
+        args.access_token_ttl.0.as_secs(),
+        token_path.display()
+    );
+    let (trigger, shutdown) = server::shutdown_channel();
+    tokio::spawn(on_signals(trigger));
+    let opts = ServeOptions {
+        kind: "sim",
+        limits: crate::config::Limits::default(),
+        metrics: None,
+    };
+    server::serve(listener, Some(tls), sim.handler(), opts, shutdown).await;
+    Ok(())
+}

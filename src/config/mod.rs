@@ -1,0 +1,702 @@
+//! Typed configuration: parsed once (see [`yaml`]), validated completely
+//! before anything listens, then turned into runtime state by the server.
+//!
+//! Every struct denies unknown keys, so a typo is an error naming the key
+//! instead of a silently ignored setting. Relative paths are resolved against
+//! the working directory of the process.
+
+pub mod secret;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use secret::SecretRef;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Proxy listeners. At least one.
+    pub listen: Vec<ListenConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub schwab: SchwabConfig,
+    #[serde(default)]
+    pub routes: RoutesConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub callers: Vec<CallerConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// TLS for this listener. Without it the listener speaks plain HTTP, which
+    /// is only accepted on a loopback address (the sidecar case).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the plain-HTTP admin listener (metrics, health, readiness).
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    /// The admin listener is plain HTTP; binding it to a non-loopback address
+    /// (for a Prometheus scraper in another pod) must be asked for explicitly.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin_address(),
+            allow_remote: false,
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Origin of the broker API: `https://host[:port]`, no path.
+    #[serde(default = "default_upstream")]
+    pub base_url: String,
+    /// Extra CA certificate(s) (PEM) trusted in addition to the public roots;
+    /// the simulator's CA in the demo and the tests.
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+    /// The Schwab OAuth access token injected into every forwarded request.
+    pub access_token: SecretRef,
+    #[serde(default = "d5s")]
+    pub connect_timeout: Dur,
+    #[serde(default = "d15s")]
+    pub response_header_timeout: Dur,
+    #[serde(default = "d30s")]
+    pub total_timeout: Dur,
+    #[serde(default = "d90s")]
+    pub pool_idle_timeout: Dur,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+}
+
+fn default_upstream() -> String {
+    "https://api.schwabapi.com".to_owned()
+}
+fn default_pool_max_idle() -> usize {
+    32
+}
+
+/// The Schwab app credentials (used by the OAuth token manager). Optional
+/// here; when present they are loaded and checked at startup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchwabConfig {
+    #[serde(default)]
+    pub app_key: Option<SecretRef>,
+    #[serde(default)]
+    pub app_secret: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// Built-in route table (`schwab`).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// A route table file that replaces the built-in profile.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            profile: default_profile(),
+            file: None,
+        }
+    }
+}
+
+fn default_profile() -> String {
+    "schwab".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "d10s")]
+    pub header_read_timeout: Dur,
+    #[serde(default = "d10s")]
+    pub body_read_timeout: Dur,
+    #[serde(default = "d30s")]
+    pub idle_timeout: Dur,
+    #[serde(default = "d10s")]
+    pub tls_handshake_timeout: Dur,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
+    #[serde(default = "d30s")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: d10s(),
+            body_read_timeout: d10s(),
+            idle_timeout: d30s(),
+            tls_handshake_timeout: d10s(),
+            max_connections: default_max_connections(),
+            h2_max_concurrent_streams: default_h2_streams(),
+            shutdown_grace: d30s(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_h2_streams() -> u32 {
+    100
+}
+
+/// The four roles of the security guidelines. Authorization by role arrives
+/// with the Cedar policies; the role is recorded from day one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Role {
+    Viewer,
+    Trader,
+    Admin,
+    SuperAdmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "Viewer",
+            Role::Trader => "Trader",
+            Role::Admin => "Admin",
+            Role::SuperAdmin => "SuperAdmin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Stable caller id used in logs, metrics-free audit records and policies.
+    pub id: String,
+    pub role: Role,
+    /// `sha256:<64 hex>` hashes of the caller's API keys (`portcullis key generate`).
+    pub key_hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `portcullis=debug,hyper=warn`). The
+    /// `PORTCULLIS_LOG` environment variable overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Human,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+/// A duration written as `500ms`, `10s`, `5m`, `2h` or `7d`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{s}` needs a unit: ms, s, m, h or d"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            "d" => n.checked_mul(86_400_000),
+            _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h, d)")),
+        }
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+        Ok(Dur(Duration::from_millis(ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn d5s() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn d10s() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d15s() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+fn d30s() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d90s() -> Dur {
+    Dur(Duration::from_secs(90))
+}
+
+/// One problem found in a configuration: the dotted key it concerns, a
+/// human message, and the line when the YAML parser knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// A configuration that could not be accepted; every issue found is listed.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.source_name)?;
+        for i in &self.issues {
+            write!(f, "\n  - {i}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How the configuration is being used: the demo may use the demo keys,
+/// nothing else may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Demo,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn from_file(path: &std::path::Path, mode: Mode) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            issues: vec![ConfigIssue {
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+                line: None,
+            }],
+        })?;
+        Config::from_yaml(&text, &name, mode)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_yaml(text: &str, source_name: &str, mode: Mode) -> Result<Config, ConfigError> {
+        let cfg: Config = yaml::from_str(text).map_err(|issue| ConfigError {
+            source_name: source_name.to_owned(),
+            issues: vec![issue],
+        })?;
+        let issues = cfg.validate(mode);
+        if issues.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError {
+                source_name: source_name.to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Static validation: everything that can be checked without reading
+    /// secrets or certificate files. Returns every issue, not just the first.
+    pub fn validate(&self, mode: Mode) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let mut issue = |key: String, message: String| {
+            out.push(ConfigIssue {
+                key,
+                message,
+                line: None,
+            })
+        };
+
+        if self.listen.is_empty() {
+            issue("listen".into(), "at least one listener is required".into());
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if l.tls.is_none() && !l.address.ip().is_loopback() {
+                issue(
+                    format!("listen[{i}].address"),
+                    format!(
+                        "{} is not a loopback address; a plaintext listener is only allowed on \
+                         127.0.0.1/::1 (add `tls:` with cert_file and key_file)",
+                        l.address
+                    ),
+                );
+            }
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].iter().any(|b| b.address == a.address) {
+                issue(
+                    format!("listen[{i}].address"),
+                    format!("{} is listed twice", a.address),
+                );
+            }
+            if a.address == self.admin.address && a.address.port() != 0 {
+                issue(
+                    "admin.address".into(),
+                    format!("{} is also a proxy listener", a.address),
+                );
+            }
+        }
+        if !self.admin.allow_remote && !self.admin.address.ip().is_loopback() {
+            issue(
+                "admin.address".into(),
+                format!(
+                    "{} is not loopback; the admin listener is plain HTTP, set \
+                     admin.allow_remote: true to expose it deliberately",
+                    self.admin.address
+                ),
+            );
+        }
+
+        if let Err(m) = parse_upstream_origin(&self.upstream.base_url) {
+            issue("upstream.base_url".into(), m);
+        }
+        let u = &self.upstream;
+        if u.connect_timeout.0.is_zero() || u.response_header_timeout.0.is_zero() {
+            issue(
+                "upstream".into(),
+                "connect_timeout and response_header_timeout must be above zero".into(),
+            );
+        }
+        if u.total_timeout < u.response_header_timeout {
+            issue(
+                "upstream.total_timeout".into(),
+                "must be at least upstream.response_header_timeout".into(),
+            );
+        }
+
+        if self.routes.profile != "schwab" && self.routes.file.is_none() {
+            issue(
+                "routes.profile".into(),
+                format!(
+                    "unknown profile `{}` (built-in: schwab); or give routes.file",
+                    self.routes.profile
+                ),
+            );
+        }
+
+        let l = &self.limits;
+        if !(1..=16 * 1024 * 1024).contains(&l.max_body_bytes) {
+            issue(
+                "limits.max_body_bytes".into(),
+                "must be between 1 and 16777216".into(),
+            );
+        }
+        if !(1024..=64 * 1024).contains(&l.max_header_bytes) {
+            issue(
+                "limits.max_header_bytes".into(),
+                "must be between 1024 and 65536".into(),
+            );
+        }
+        if !(8..=200).contains(&l.max_headers) {
+            issue(
+                "limits.max_headers".into(),
+                "must be between 8 and 200".into(),
+            );
+        }
+        let max10 = Duration::from_secs(10);
+        for (key, d, max) in [
+            ("limits.header_read_timeout", l.header_read_timeout, max10),
+            (
+                "limits.body_read_timeout",
+                l.body_read_timeout,
+                Duration::from_secs(60),
+            ),
+            (
+                "limits.idle_timeout",
+                l.idle_timeout,
+                Duration::from_secs(30),
+            ),
+            (
+                "limits.tls_handshake_timeout",
+                l.tls_handshake_timeout,
+                max10,
+            ),
+        ] {
+            if d.0.is_zero() || d.0 > max {
+                issue(
+                    key.into(),
+                    format!("must be above zero and at most {}s", max.as_secs()),
+                );
+            }
+        }
+        if l.max_connections == 0 {
+            issue("limits.max_connections".into(), "must be above zero".into());
+        }
+        if l.h2_max_concurrent_streams == 0 || l.h2_max_concurrent_streams > 1000 {
+            issue(
+                "limits.h2_max_concurrent_streams".into(),
+                "must be between 1 and 1000".into(),
+            );
+        }
+
+        let demo_hashes = crate::keys::demo_key_hashes();
+        let mut seen_hashes: Vec<[u8; 32]> = Vec::new();
+        for (i, c) in self.callers.iter().enumerate() {
+            let valid_id = !c.id.is_empty()
+                && c.id.len() <= 64
+                && c.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            if !valid_id {
+                issue(
+                    format!("callers[{i}].id"),
+                    "must be 1-64 characters of letters, digits, `.`, `_`, `-`, `@`".into(),
+                );
+            }
+            if self.callers[..i].iter().any(|o| o.id == c.id) {
+                issue(
+                    format!("callers[{i}].id"),
+                    format!("caller `{}` is defined twice", c.id),
+                );
+            }
+            if c.key_hashes.is_empty() {
+                issue(
+                    format!("callers[{i}].key_hashes"),
+                    "at least one key hash is required".into(),
+                );
+            }
+            for (j, h) in c.key_hashes.iter().enumerate() {
+                let key = format!("callers[{i}].key_hashes[{j}]");
+                match crate::keys::parse_hash(h) {
+                    None => issue(
+                        key,
+                        "must be `sha256:` followed by 64 hex digits (from `portcullis key generate`)"
+                            .into(),
+                    ),
+                    Some(parsed) => {
+                        if mode != Mode::Demo && demo_hashes.contains(&parsed) {
+                            issue(
+                                key.clone(),
+                                "is the hash of a published demo key; demo keys are refused \
+                                 outside `portcullis demo`"
+                                    .into(),
+                            );
+                        }
+                        if seen_hashes.contains(&parsed) {
+                            issue(key, "the same key hash is listed more than once".into());
+                        }
+                        seen_hashes.push(parsed);
+                    }
+                }
+            }
+        }
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            issue("logging.level".into(), format!("not a valid filter: {e}"));
+        }
+        out
+    }
+}
+
+/// Checks that `base_url` is an `https://host[:port]` origin and returns it
+/// split into (authority, host).
+pub fn parse_upstream_origin(base_url: &str) -> Result<http::uri::Authority, String> {
+    let uri: http::Uri = base_url
+        .parse()
+        .map_err(|_| format!("`{base_url}` is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "`{base_url}` must use https (certificate verification is always on)"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{base_url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not allowed".into());
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("/") | Some("") => {}
+        Some(_) => {
+            return Err(format!(
+                "`{base_url}` must be an origin only, without a path"
+            ));
+        }
+    }
+    if base_url.ends_with('/') {
+        return Err(format!("`{base_url}` must not end with `/`"));
+    }
+    Ok(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\n";
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let c = Config::from_yaml(MIN, "t", Mode::Normal).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 65536);
+        assert_eq!(c.upstream.base_url, "https://api.schwabapi.com");
+        assert_eq!(c.admin.address.port(), 9464);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("{MIN}limits:\n  max_body_byte: 10\n");
+        let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("max_body_byte"), "{msg}");
+        assert!(msg.contains("line 6"), "{msg}");
+    }
+
+    #[test]
+    fn plaintext_non_loopback_is_refused() {
+        let text = MIN.replace("127.0.0.1:8080", "0.0.0.0:8080");
+        let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+        assert!(e.to_string().contains("listen[0].address"), "{e}");
+    }
+
+    #[test]
+    fn inline_secret_is_refused_without_echo() {
+        let text = MIN.replace("env:X", "sk_live_abcdef");
+        let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("access_token"), "{msg}");
+        assert!(!msg.contains("sk_live_abcdef"), "{msg}");
+    }
+
+    #[test]
+    fn demo_key_hash_refused_outside_demo() {
+        let h = crate::keys::hash_key_hex("demo-trader-key");
+        let text = format!(
+            "{MIN}callers:\n  - id: t\n    role: Trader\n    key_hashes: [\"sha256:{h}\"]\n"
+        );
+        assert!(Config::from_yaml(&text, "t", Mode::Demo).is_ok());
+        let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+        assert!(e.to_string().contains("demo key"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
+        assert!("10".parse::<Dur>().is_err());
+        assert!("10x".parse::<Dur>().is_err());
+        assert!("99999999999999999d".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn upstream_origin_rules() {
+        assert!(parse_upstream_origin("https://api.schwabapi.com").is_ok());
+        assert!(parse_upstream_origin("https://127.0.0.1:8444").is_ok());
+        assert!(parse_upstream_origin("http://api.schwabapi.com").is_err());
+        assert!(parse_upstream_origin("https://api.schwabapi.com/trader").is_err());
+        assert!(parse_upstream_origin("https://api.schwabapi.com/").is_err());
+        assert!(parse_upstream_origin("https://u:p@api.schwabapi.com").is_err());
+    }
+}

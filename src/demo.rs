@@ -1,0 +1,231 @@
+//! `portcullis demo`: the simulator and the proxy in one process, with a
+//! fresh development CA, so a newcomer sees a request travel end to end with
+//! no setup.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::certs::{DevCa, PROXY_NAMES, SIM_NAMES};
+use crate::config::{Config, Mode};
+use crate::server::{self, ServeOptions, Shutdown};
+use crate::sim::{Sim, SimOptions};
+use crate::{Listeners, StartError};
+
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+
+/// Where the demo listens. Defaults: proxy 127.0.0.1:8443, simulator
+/// 127.0.0.1:8444, admin 127.0.0.1:9464. Tests use port 0.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub proxy: SocketAddr,
+    pub sim: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            dir: PathBuf::from(".portcullis-demo"),
+            proxy: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            sim: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// Writes a file readable by the owner only (keys, tokens).
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Generates a CA and a certificate for `names` under `dir`:
+/// `ca.pem`, `<prefix>-cert.pem`, `<prefix>-key.pem`. Returns the server config.
+pub fn write_pki(
+    dir: &Path,
+    ca: &DevCa,
+    prefix: &str,
+    names: &[&str],
+) -> Result<TlsAcceptor, StartError> {
+    let load = |e: String| StartError::Load(e);
+    let leaf = ca
+        .leaf(names)
+        .map_err(|e| load(format!("certificate generation: {e}")))?;
+    let cert = dir.join(format!("{prefix}-cert.pem"));
+    let key = dir.join(format!("{prefix}-key.pem"));
+    std::fs::write(&cert, format!("{}{}", leaf.cert_pem, ca.ca_pem))
+        .map_err(|e| load(format!("{}: {e}", cert.display())))?;
+    write_private(&key, leaf.key_pem.as_bytes())
+        .map_err(|e| load(format!("{}: {e}", key.display())))?;
+    let cfg =
+        server::tls::server_config_from_files(&cert, &key).map_err(|e| load(e.to_string()))?;
+    Ok(TlsAcceptor::from(cfg))
+}
+
+pub fn prepare_dir(dir: &Path) -> Result<DevCa, StartError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Load(format!("{}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let ca = DevCa::new("portcullis demo CA")
+        .map_err(|e| StartError::Load(format!("CA generation: {e}")))?;
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.ca_pem)
+        .map_err(|e| StartError::Load(format!("{}: {e}", ca_path.display())))?;
+    Ok(ca)
+}
+
+/// A running demo (for tests): addresses and the simulator.
+pub struct DemoHandle {
+    pub proxy: SocketAddr,
+    pub sim_addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub sim: Arc<Sim>,
+    pub config: Config,
+}
+
+/// Builds the demo's configuration with the chosen directory and addresses.
+pub fn demo_config(opts: &DemoOptions, sim_addr: SocketAddr) -> Result<Config, StartError> {
+    let dir = opts.dir.display().to_string();
+    let text = DEMO_CONFIG.replace(
+        ".portcullis-demo/",
+        &format!("{}/", dir.trim_end_matches('/')),
+    );
+    let mut cfg = Config::from_yaml(&text, "demo.yaml", Mode::Demo).map_err(StartError::Config)?;
+    if let Some(l) = cfg.listen.first_mut() {
+        l.address = opts.proxy;
+    }
+    cfg.admin.address = opts.admin;
+    cfg.upstream.base_url = format!("https://{sim_addr}");
+    Ok(cfg)
+}
+
+/// Starts the simulator and the proxy; returns once both listen. The proxy
+/// and simulator run until `shutdown` fires; the returned future of `run`
+/// completes when they have drained.
+pub async fn start(
+    opts: &DemoOptions,
+    shutdown: Shutdown,
+) -> Result<(DemoHandle, tokio::task::JoinHandle<Result<(), StartError>>), StartError> {
+    let ca = prepare_dir(&opts.dir)?;
+    let sim_tls = write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?;
+    write_pki(&opts.dir, &ca, "proxy", PROXY_NAMES)?;
+
+    let sim_listener = crate::bind_addr(opts.sim).await?;
+    let sim_addr = sim_listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(e.to_string()))?;
+    let sim = Sim::new(SimOptions {
+        streamer_url: format!("wss://{sim_addr}/ws"),
+        ..SimOptions::default()
+    });
+    // Until the OAuth token manager exists, the demo hands the proxy a
+    // long-lived simulator token through a secret file.
+    let token = sim.issue_access_token(Duration::from_secs(30 * 86400));
+    let token_path = opts.dir.join("schwab-access-token");
+    write_private(&token_path, token.as_bytes())
+        .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
+
+    let cfg = demo_config(opts, sim_addr)?;
+    let sim_opts = ServeOptions {
+        kind: "sim",
+        limits: cfg.limits.clone(),
+        metrics: None,
+    };
+    tokio::spawn(server::serve(
+        sim_listener,
+        Some(sim_tls),
+        sim.handler(),
+        sim_opts,
+        shutdown.clone(),
+    ));
+
+    let listeners = Listeners::bind(&cfg).await?;
+    let proxy = listeners
+        .proxy
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .ok_or_else(|| StartError::Internal("no proxy listener".into()))?;
+    let admin = listeners
+        .admin
+        .local_addr()
+        .map_err(|e| StartError::Bind(e.to_string()))?;
+    // Fail now, not in the background task, if anything cannot be loaded.
+    crate::prepare(&cfg)?;
+    let run_cfg = cfg.clone();
+    let task = tokio::spawn(crate::run(run_cfg, listeners, shutdown));
+    Ok((
+        DemoHandle {
+            proxy,
+            sim_addr,
+            admin,
+            sim,
+            config: cfg,
+        },
+        task,
+    ))
+}
+
+/// The banner printed by `portcullis demo`.
+pub fn banner(h: &DemoHandle, dir: &Path) -> String {
+    let ca = dir.join("ca.pem");
+    let ca = ca.display();
+    let hash = h
+        .sim
+        .accounts()
+        .first()
+        .map(|a| a.hash.clone())
+        .unwrap_or_default();
+    let p = h.proxy;
+    format!(
+        r#"
+portcullis demo is running.
+
+  proxy      https://{p}   (trust {ca})
+  simulator  https://{sim}   (stand-in for api.schwabapi.com)
+  admin      http://{admin}/metrics  /healthz  /readyz
+
+  demo keys (Authorization: Bearer <key>):
+    demo-viewer-key       Viewer
+    demo-trader-key       Trader
+    demo-admin-key        Admin
+    demo-superadmin-key   Super Admin
+
+Try it:
+
+  # quotes
+  curl --cacert {ca} -H 'Authorization: Bearer demo-viewer-key' \
+    'https://{p}/marketdata/v1/quotes?symbols=AAPL,MSFT'
+
+  # accounts (hash values are what order calls take)
+  curl --cacert {ca} -H 'Authorization: Bearer demo-viewer-key' \
+    https://{p}/trader/v1/accounts/accountNumbers
+
+  # place an order (201, the new order id is in the Location header)
+  curl -i --cacert {ca} -H 'Authorization: Bearer demo-trader-key' \
+    -H 'Content-Type: application/json' \
+    -d '{{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{{"instruction":"BUY","instrument":{{"assetType":"EQUITY","symbol":"AAPL"}},"quantity":10}}]}}' \
+    https://{p}/trader/v1/accounts/{hash}/orders
+
+Press Ctrl-C to stop.
+"#,
+        sim = h.sim_addr,
+        admin = h.admin,
+    )
+}

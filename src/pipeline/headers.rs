@@ -1,0 +1,143 @@
+//! Header hygiene in both directions.
+//!
+//! Upstream: drop hop-by-hop headers and every header the `Connection`
+//! header names, the caller's credential, `Proxy-*`, forwarding headers (no
+//! proxy is trusted yet) and anything the proxy sets itself; then set the
+//! Schwab credential and the request id.
+//! Downstream: drop hop-by-hop headers and `Server` (no versions leak);
+//! everything else, `Location` included, passes through unchanged.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Headers the proxy sets or that describe the client hop; never copied upstream.
+const NOT_FORWARDED: [&str; 9] = [
+    "host",
+    "authorization",
+    "content-length",
+    "expect",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+    "x-forwarded-for",
+    "via",
+];
+
+fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Headers to send upstream.
+pub fn upstream_request_headers(
+    incoming: &HeaderMap,
+    authorization: HeaderValue,
+    request_id: HeaderValue,
+) -> HeaderMap {
+    let named = connection_named(incoming);
+    let mut out = HeaderMap::with_capacity(incoming.len() + 2);
+    for (name, value) in incoming {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || NOT_FORWARDED.contains(&n)
+            || n.starts_with("proxy-")
+            || n.starts_with("x-forwarded-")
+            || named.contains(name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.insert(header::AUTHORIZATION, authorization);
+    out.insert(HeaderName::from_static("x-request-id"), request_id);
+    out
+}
+
+/// Cleans an upstream response's headers in place.
+pub fn clean_response_headers(h: &mut HeaderMap) {
+    for n in connection_named(h) {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::SERVER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_and_injects() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer caller-key".parse().unwrap());
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("proxy-authorization", "x".parse().unwrap());
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert("x-forwarded-host", "evil".parse().unwrap());
+        h.insert("forwarded", "for=1.2.3.4".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("host", "proxy.local".parse().unwrap());
+        h.insert("x-request-id", "spoofed".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        h.append("x-multi", "a".parse().unwrap());
+        h.append("x-multi", "b".parse().unwrap());
+        let out =
+            upstream_request_headers(&h, "Bearer real".parse().unwrap(), "rid".parse().unwrap());
+        assert_eq!(out.get("authorization").unwrap(), "Bearer real");
+        assert_eq!(out.get_all("authorization").iter().count(), 1);
+        assert_eq!(out.get("x-request-id").unwrap(), "rid");
+        assert_eq!(out.get("accept").unwrap(), "application/json");
+        assert_eq!(out.get_all("x-multi").iter().count(), 2);
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "proxy-authorization",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "forwarded",
+            "te",
+            "host",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} was forwarded");
+        }
+    }
+
+    #[test]
+    fn response_hygiene_keeps_location() {
+        let mut h = HeaderMap::new();
+        h.insert("server", "nginx/1.2.3".parse().unwrap());
+        h.insert(
+            "location",
+            "https://api.schwabapi.com/trader/v1/accounts/A/orders/1"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("connection", "close".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        clean_response_headers(&mut h);
+        assert!(!h.contains_key("server"));
+        assert!(!h.contains_key("connection"));
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(
+            h.get("location").unwrap(),
+            "https://api.schwabapi.com/trader/v1/accounts/A/orders/1"
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The request path, in one place:
+//!
+//! ```text
+//! admit (header sanity → identify → route) → read body → build upstream request → forward
+//!                                          └──────────── finish (always) ─────────────┘
+//! ```
+//!
+//! [`Proxy::handle`] runs the stages over one [`RequestCtx`]. Each stage
+//! either enriches the context or returns a [`Reject`]; [`Proxy::finish`]
+//! runs for every request however it ended (metrics and the log line now,
+//! the audit record in a later issue). Stages still to come (IP filter, rate
+//! limit, Cedar decision) slot in between `route` and `read body`.
+
+pub mod body;
+pub mod headers;
+pub mod identity;
+pub mod route;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::admin::metrics::{Metrics, status_class};
+use crate::config::Limits;
+use crate::reject::{BadRequest, Reject};
+use body::{BoxError, ProxyBody};
+use identity::{Caller, Identities};
+use route::{BodyKind, RouteError, RouteMatch, RouteTable};
+use upstream::Upstream;
+
+/// Everything known about one request as it moves through the stages.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub caller: Option<Arc<Caller>>,
+    pub route: Option<RouteMatch>,
+    pub upstream_status: Option<StatusCode>,
+    pub upstream_latency: Option<Duration>,
+    pub rejected: Option<Reject>,
+}
+
+impl RequestCtx {
+    pub fn new(peer: SocketAddr) -> RequestCtx {
+        RequestCtx {
+            request_id: new_request_id(),
+            peer,
+            started: Instant::now(),
+            caller: None,
+            route: None,
+            upstream_status: None,
+            upstream_latency: None,
+            rejected: None,
+        }
+    }
+}
+
+/// 128 random bits, hex. Falls back to time and a counter in the
+/// (theoretical) case the system RNG fails: an id must never stop a request.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    crate::keys::hex(&b)
+}
+
+/// The proxy's request handler and its state.
+pub struct Proxy {
+    pub routes: RouteTable,
+    pub identities: Identities,
+    pub upstream: Upstream,
+    /// `Bearer <Schwab access token>`, marked sensitive.
+    pub upstream_authorization: HeaderValue,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Handles one request end to end. Never fails: every error becomes a
+    /// response in the one JSON error shape.
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.metrics.in_flight.inc();
+        let mut ctx = RequestCtx::new(peer);
+        let method = req.method().clone();
+        let response = match self.stages(&mut ctx, req).await {
+            Ok(r) => r,
+            Err(rej) => {
+                ctx.rejected = Some(rej);
+                rej.into_response(&ctx.request_id)
+            }
+        };
+        self.finish(&ctx, &method, response)
+    }
+
+    async fn stages<B>(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request<B>,
+    ) -> Result<Response<ProxyBody>, Reject>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        self.admit(ctx, &parts)?;
+        let body = self.read_body(ctx, &parts.headers, body).await?;
+        let upstream_req = self.build_upstream_request(ctx, &parts, body)?;
+        let (mut resp, latency) = self.upstream.send(upstream_req).await?;
+        ctx.upstream_status = Some(resp.status());
+        ctx.upstream_latency = Some(latency);
+        headers::clean_response_headers(resp.headers_mut());
+        Ok(resp)
+    }
+
+    /// The synchronous front of the pipeline: header sanity, identity, route.
+    pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
+        check_request_headers(&parts.headers)?;
+        ctx.caller = Some(self.identities.identify(&parts.headers)?);
+        let path = parts.uri.path();
+        if let Some(q) = parts.uri.query() {
+            route::check_query(q).map_err(route_reject)?;
+        }
+        let m = self
+            .routes
+            .match_request(&parts.method, path)
+            .map_err(route_reject)?;
+        ctx.route = Some(m);
+        Ok(())
+    }
+
+    async fn read_body<B>(
+        &self,
+        ctx: &RequestCtx,
+        headers: &http::HeaderMap,
+        body: B,
+    ) -> Result<Bytes, Reject>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let bytes = body::read(
+            body,
+            headers,
+            self.limits.max_body_bytes,
+            self.limits.body_read_timeout.0,
+        )
+        .await?;
+        let takes_body = ctx
+            .route
+            .as_ref()
+            .is_some_and(|m| self.routes.get(m).body == BodyKind::Json);
+        if !takes_body && !bytes.is_empty() {
+            return Err(Reject::BadRequest(BadRequest::BodyNotAllowed));
+        }
+        Ok(bytes)
+    }
+
+    /// Builds the request that goes upstream: the raw target, the cleaned
+    /// headers with the Schwab credential, and exactly the bytes read.
+    pub fn build_upstream_request(
+        &self,
+        ctx: &RequestCtx,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, Reject> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .ok_or(Reject::Internal)?;
+        let uri = self.upstream.uri_for(pq)?;
+        let rid = HeaderValue::from_str(&ctx.request_id).map_err(|_| Reject::Internal)?;
+        let headers = headers::upstream_request_headers(
+            &parts.headers,
+            self.upstream_authorization.clone(),
+            rid,
+        );
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// Runs for every request: metrics and the request log line.
+    fn finish(
+        &self,
+        ctx: &RequestCtx,
+        method: &http::Method,
+        mut response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let status = response.status();
+        let (route_name, action) = match &ctx.route {
+            Some(m) => {
+                let r = self.routes.get(m);
+                (&*r.name, &*r.action)
+            }
+            None => ("none", "none"),
+        };
+        let outcome = match (ctx.rejected, ctx.upstream_status) {
+            (Some(_), _) => "rejected",
+            (None, Some(_)) => "forwarded",
+            (None, None) => "error",
+        };
+        let elapsed = ctx.started.elapsed();
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[route_name, action, outcome, status_class(status.as_u16())])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
+        if let Some(l) = ctx.upstream_latency {
+            m.upstream_duration
+                .with_label_values(&[route_name])
+                .observe(l.as_secs_f64());
+        }
+        if let Some(r) = ctx.rejected {
+            m.rejections.with_label_values(&[r.code()]).inc();
+        }
+        m.in_flight.dec();
+        tracing::info!(
+            request_id = %ctx.request_id,
+            peer = %ctx.peer,
+            method = %method,
+            route = route_name,
+            caller = ctx.caller.as_ref().map(|c| &*c.id).unwrap_or("-"),
+            status = status.as_u16(),
+            upstream_status = ctx.upstream_status.map(|s| s.as_u16()),
+            reason = ctx.rejected.map(|r| r.code()),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        response
+    }
+}
+
+fn route_reject(e: RouteError) -> Reject {
+    match e {
+        RouteError::BadPath(why) => Reject::BadRequest(BadRequest::Path(why)),
+        RouteError::NoRoute => Reject::NoRoute,
+    }
+}
+
+/// Ambiguous credentials or targets are refused, never resolved by picking one.
+fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
+    for name in [header::AUTHORIZATION, header::HOST] {
+        if h.get_all(&name).iter().nth(1).is_some() {
+            return Err(Reject::BadRequest(BadRequest::DuplicateHeader));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Every way the proxy refuses a request, mapped to a status and the one JSON
+//! error shape in one place:
+//!
+//! ```json
+//! {"error":"<code>","message":"<safe text>","request_id":"<id>"}
+//! ```
+//!
+//! Messages are fixed strings: they never carry input, secrets, internal
+//! addresses or library error text.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::pipeline::body::ProxyBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// No or unknown caller credential.
+    Unauthenticated,
+    /// Malformed request; the code says which rule.
+    BadRequest(BadRequest),
+    /// No route matches (never forwarded).
+    NoRoute,
+    BodyTooLarge,
+    BodyTimeout,
+    /// The upstream could not be reached or failed mid-response.
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    /// No valid Schwab credential to inject.
+    UpstreamCredentials,
+    /// A bug or an unexpected state; fail closed.
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    Path(&'static str),
+    DuplicateHeader,
+    InvalidHeader,
+    BodyNotAllowed,
+    BadBody,
+}
+
+impl Reject {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reject::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::UpstreamCredentials => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code; also the `reason` metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reject::Unauthenticated => "unauthenticated",
+            Reject::BadRequest(BadRequest::Path(_)) => "bad_path",
+            Reject::BadRequest(BadRequest::DuplicateHeader) => "duplicate_header",
+            Reject::BadRequest(BadRequest::InvalidHeader) => "invalid_header",
+            Reject::BadRequest(BadRequest::BodyNotAllowed) => "body_not_allowed",
+            Reject::BadRequest(BadRequest::BadBody) => "bad_body",
+            Reject::NoRoute => "no_route",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::UpstreamUnavailable => "upstream_unavailable",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::UpstreamCredentials => "upstream_credentials_unavailable",
+            Reject::Internal => "internal_error",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Reject::Unauthenticated => "a valid API key is required (Authorization: Bearer <key>)",
+            Reject::BadRequest(BadRequest::Path(why)) => why,
+            Reject::BadRequest(BadRequest::DuplicateHeader) => {
+                "the Authorization or Host header appears more than once"
+            }
+            Reject::BadRequest(BadRequest::InvalidHeader) => "a request header is malformed",
+            Reject::BadRequest(BadRequest::BodyNotAllowed) => "this endpoint takes no request body",
+            Reject::BadRequest(BadRequest::BadBody) => "the request body could not be read",
+            Reject::NoRoute => "no such endpoint",
+            Reject::BodyTooLarge => "the request body is too large",
+            Reject::BodyTimeout => "the request body was not received in time",
+            Reject::UpstreamUnavailable => "the broker API could not be reached",
+            Reject::UpstreamTimeout => "the broker API did not answer in time",
+            Reject::UpstreamCredentials => "the proxy has no valid broker credentials",
+            Reject::Internal => "internal error",
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        error_response(self.status(), self.code(), self.message(), request_id)
+    }
+}
+
+/// Builds the JSON error response. Used for rejections and for the few
+/// errors produced outside the pipeline (admin listener).
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id,
+    });
+    let bytes = Bytes::from(body.to_string());
+    let mut resp = Response::new(crate::pipeline::body::full(bytes));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis\""),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_statuses_sensible() {
+        let all = [
+            Reject::Unauthenticated,
+            Reject::BadRequest(BadRequest::Path("x")),
+            Reject::BadRequest(BadRequest::DuplicateHeader),
+            Reject::BadRequest(BadRequest::InvalidHeader),
+            Reject::BadRequest(BadRequest::BodyNotAllowed),
+            Reject::BadRequest(BadRequest::BadBody),
+            Reject::NoRoute,
+            Reject::BodyTooLarge,
+            Reject::BodyTimeout,
+            Reject::UpstreamUnavailable,
+            Reject::UpstreamTimeout,
+            Reject::UpstreamCredentials,
+            Reject::Internal,
+        ];
+        let mut codes: Vec<_> = all.iter().map(|r| r.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert_eq!(Reject::UpstreamCredentials.status(), 503);
+        let r = Reject::Unauthenticated.into_response("abc");
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

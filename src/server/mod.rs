@@ -1,0 +1,306 @@
+//! Accept loop, TLS, connection limits, timeouts and graceful shutdown —
+//! shared by the proxy listener, the admin listener and the simulator.
+//!
+//! Protocol is chosen by ALPN, never by sniffing: `h2` negotiated over TLS
+//! gets HTTP/2, everything else HTTP/1.1.
+
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::metrics::Metrics;
+use crate::config::Limits;
+use crate::pipeline::body::ProxyBody;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A request handler: the proxy pipeline, the simulator or the admin routes.
+/// Returning `Err` aborts the connection without a response (the simulator
+/// uses this to inject connection resets).
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Result<Response<ProxyBody>, AbortConnection>>
+        + Send
+        + Sync,
+>;
+
+/// Returned by a handler to drop the connection without answering.
+#[derive(Debug)]
+pub struct AbortConnection;
+
+impl std::fmt::Display for AbortConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection aborted by the handler")
+    }
+}
+
+impl std::error::Error for AbortConnection {}
+
+/// Shutdown signal: flips to `true` once.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown is triggered (or the trigger is dropped).
+    pub async fn wait(&mut self) {
+        while !*self.0.borrow_and_update() {
+            if self.0.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Per-listener serving options.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// `proxy`, `admin` or `sim`: the `listener` metric label.
+    pub kind: &'static str,
+    pub limits: Limits,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Serves connections until shutdown, then stops accepting, asks every
+/// connection to finish gracefully and waits for them up to the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: Handler,
+    opts: ServeOptions,
+    mut shutdown: Shutdown,
+) {
+    let max = opts.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let opts = Arc::new(opts);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listener = opts.kind, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse(&opts, "max_connections");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let opts = opts.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let gauge = opts
+                .metrics
+                .as_ref()
+                .map(|m| m.open_connections.with_label_values(&[opts.kind]));
+            if let Some(g) = &gauge {
+                g.inc();
+            }
+            serve_tcp(tcp, peer, tls, handler, &opts, shutdown).await;
+            if let Some(g) = &gauge {
+                g.dec();
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = opts.limits.shutdown_grace.0;
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = opts.kind,
+            "connections still open after the shutdown grace period"
+        );
+    }
+}
+
+fn refuse(opts: &ServeOptions, reason: &str) {
+    if let Some(m) = &opts.metrics {
+        m.connections_refused.with_label_values(&[reason]).inc();
+    }
+}
+
+async fn serve_tcp(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handler: Handler,
+    opts: &ServeOptions,
+    shutdown: Shutdown,
+) {
+    let Some(acceptor) = tls else {
+        return serve_io(tcp, false, peer, handler, opts, shutdown).await;
+    };
+    let hs = tokio::time::timeout(opts.limits.tls_handshake_timeout.0, acceptor.accept(tcp)).await;
+    match hs {
+        Ok(Ok(stream)) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_io(stream, h2, peer, handler, opts, shutdown).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            refuse(opts, "tls_handshake");
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            refuse(opts, "tls_handshake_timeout");
+        }
+    }
+}
+
+/// Tracks whether a connection is idle: no request in flight and nothing
+/// completed for `idle_timeout`.
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let now = self.born.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    h2: bool,
+    peer: SocketAddr,
+    handler: Handler,
+    opts: &ServeOptions,
+    shutdown: Shutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity {
+        born: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        act.in_flight.fetch_add(1, Ordering::Relaxed);
+        let fut = handler(req, peer);
+        let act = act.clone();
+        async move {
+            let r = fut.await;
+            act.touch();
+            act.in_flight.fetch_sub(1, Ordering::Relaxed);
+            r
+        }
+    });
+    let l = &opts.limits;
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(l.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+            // CVE-2023-44487 (rapid reset): cap streams reset before we accept them,
+            // and streams we had to reset because the client misbehaved.
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(100))
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let conn: Conn = Box::pin(b.serve_connection(io, svc));
+        drive(conn, activity, l.idle_timeout.0, shutdown).await;
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            // hyper restarts this clock whenever it waits for a request head,
+            // so it also closes idle keep-alive connections.
+            .header_read_timeout(l.header_read_timeout.0)
+            .max_buf_size(l.max_header_bytes.max(8192))
+            .max_header_size(l.max_header_bytes)
+            .max_headers(l.max_headers)
+            .keep_alive(true)
+            .half_close(false);
+        let conn: Conn = Box::pin(b.serve_connection(io, svc));
+        drive(conn, activity, l.idle_timeout.0, shutdown).await;
+    }
+}
+
+type Conn = Pin<
+    Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>,
+>;
+
+async fn drive(
+    mut conn: Conn,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut closing = shutdown.is_triggered();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The one place rustls is configured, for both directions.
+//!
+//! Inbound and outbound: TLS 1.2 and 1.3 only, ECDHE key exchange with AEAD
+//! ciphers only — the rustls equivalent of the guidelines' nginx list
+//! `ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:…` (rustls has
+//! no CBC, RSA key transport or static DH suites to begin with).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The provider with an explicit suite list, so a rustls default change
+/// cannot widen what we accept.
+pub fn provider() -> Arc<CryptoProvider> {
+    use aws_lc_rs::cipher_suite as cs;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+#[derive(Debug)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| {
+            TlsError(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("bad certificate PEM in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "no certificate found in {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    // Never echo the key or the parser's view of it.
+    PrivateKeyDer::from_pem_file(path).map_err(|_| {
+        TlsError(format!(
+            "no usable private key (PKCS#8, PKCS#1 or SEC1 PEM) in {}",
+            path.display()
+        ))
+    })
+}
+
+/// Server config for a listener: ALPN h2 then http/1.1.
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            TlsError(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config(load_certs(cert)?, load_key(key)?)
+}
+
+/// Client config for the upstream: Mozilla's roots plus optional extra CAs;
+/// certificate and hostname verification are always on (there is no switch).
+pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        for cert in load_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError(format!("bad CA certificate in {}: {e}", path.display())))?;
+        }
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(cfg)
+}
