@@ -123,6 +123,17 @@ pub async fn start(
     opts: &DemoOptions,
     shutdown: Shutdown,
 ) -> Result<(DemoHandle, tokio::task::JoinHandle<Result<(), StartError>>), StartError> {
+    start_with(opts, SimOptions::default(), |_| {}, shutdown).await
+}
+
+/// [`start`] with simulator options and a last change to the proxy
+/// configuration (tests tighten timeouts and limits this way).
+pub async fn start_with(
+    opts: &DemoOptions,
+    sim_options: SimOptions,
+    customize: impl FnOnce(&mut Config),
+    shutdown: Shutdown,
+) -> Result<(DemoHandle, tokio::task::JoinHandle<Result<(), StartError>>), StartError> {
     let ca = prepare_dir(&opts.dir)?;
     let sim_tls = write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?;
     write_pki(&opts.dir, &ca, "proxy", PROXY_NAMES)?;
@@ -133,7 +144,7 @@ pub async fn start(
         .map_err(|e| StartError::Bind(e.to_string()))?;
     let sim = Sim::new(SimOptions {
         streamer_url: format!("wss://{sim_addr}/ws"),
-        ..SimOptions::default()
+        ..sim_options
     });
     // Until the OAuth token manager exists, the demo hands the proxy a
     // long-lived simulator token through a secret file.
@@ -142,7 +153,8 @@ pub async fn start(
     write_private(&token_path, token.as_bytes())
         .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
 
-    let cfg = demo_config(opts, sim_addr)?;
+    let mut cfg = demo_config(opts, sim_addr)?;
+    customize(&mut cfg);
     let sim_opts = ServeOptions {
         kind: "sim",
         limits: cfg.limits.clone(),
@@ -167,9 +179,13 @@ pub async fn start(
         .local_addr()
         .map_err(|e| StartError::Bind(e.to_string()))?;
     // Fail now, not in the background task, if anything cannot be loaded.
-    crate::prepare(&cfg)?;
-    let run_cfg = cfg.clone();
-    let task = tokio::spawn(crate::run(run_cfg, listeners, shutdown));
+    let prepared = crate::prepare(&cfg)?;
+    let task = tokio::spawn(crate::serve_prepared(
+        cfg.clone(),
+        prepared,
+        listeners,
+        shutdown,
+    ));
     Ok((
         DemoHandle {
             proxy,

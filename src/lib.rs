@@ -170,6 +170,16 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), StartError> {
     let prepared = prepare(&config)?;
+    serve_prepared(config, prepared, listeners, shutdown).await
+}
+
+/// [`run`] for a caller that already ran [`prepare`].
+pub async fn serve_prepared(
+    config: Config,
+    prepared: Prepared,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), StartError> {
     if listeners.proxy.len() != prepared.tls.len() {
         return Err(StartError::Internal(
             "one bound listener is needed per `listen` entry".into(),

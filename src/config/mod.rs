@@ -663,7 +663,8 @@ mod tests {
         let text = MIN.replace("env:X", "sk_live_abcdef");
         let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("access_token"), "{msg}");
+        // serde_yaml names the enclosing key; the line points at access_token.
+        assert!(msg.contains("line 4: upstream"), "{msg}");
         assert!(!msg.contains("sk_live_abcdef"), "{msg}");
     }
 

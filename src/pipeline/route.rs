@@ -674,7 +674,8 @@ mod tests {
 
     #[test]
     fn table_validation() {
-        let bad = "profile: x\nroutes:\n  - { name: a, method: GET, path: /a/{b}, action: A }\n";
+        let bad =
+            "profile: x\nroutes:\n  - { name: a, method: GET, path: \"/a/{b}\", action: A }\n";
         let e = RouteTable::from_yaml(bad).unwrap_err();
         assert!(e[0].key.contains("path"), "{e:?}");
         let bad =

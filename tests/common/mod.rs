@@ -1,0 +1,278 @@
+//! Test harness: the demo stack (simulator + proxy over real TLS) on port 0
+//! in a temporary directory, and clients that speak to it — a normal HTTP
+//! client and a raw TLS socket for requests no well-behaved client would send.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis::config::Config;
+use portcullis::demo::{self, DemoOptions};
+use portcullis::server::{self, ShutdownTrigger};
+use portcullis::sim::{JournalEntry, Sim, SimOptions};
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub const VIEWER: &str = "demo-viewer-key";
+pub const TRADER: &str = "demo-trader-key";
+
+pub struct Harness {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub sim_addr: SocketAddr,
+    pub sim: Arc<Sim>,
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+    trigger: Option<ShutdownTrigger>,
+    pub task: Option<tokio::task::JoinHandle<Result<(), portcullis::StartError>>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(SimOptions::default(), |_| {}).await
+    }
+
+    pub async fn start_with(sim: SimOptions, customize: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let opts = DemoOptions {
+            dir: dir.path().join("demo"),
+            proxy: any,
+            sim: any,
+            admin: any,
+        };
+        let (trigger, shutdown) = server::shutdown_channel();
+        let (h, task) = demo::start_with(&opts, sim, customize, shutdown)
+            .await
+            .expect("demo stack starts");
+        let ca_pem = std::fs::read_to_string(opts.dir.join("ca.pem")).expect("ca.pem");
+        let client = client(&ca_pem, false);
+        Harness {
+            proxy: h.proxy,
+            admin: h.admin,
+            sim_addr: h.sim_addr,
+            sim: h.sim,
+            ca_pem,
+            dir,
+            trigger: Some(trigger),
+            task: Some(task),
+            client,
+        }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("demo").join("ca.pem")
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.trigger();
+        }
+    }
+
+    pub fn account_hash(&self) -> String {
+        self.sim.accounts()[0].hash.clone()
+    }
+
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.sim.journal()
+    }
+
+    /// Sends a request through the proxy with the HTTP client.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        self.send_with(method, path, key, body, &[]).await
+    }
+
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let uri = format!("https://localhost:{}{}", self.proxy.port(), path);
+        let mut b = http::Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+            .expect("request");
+        send_on(&self.client, req).await
+    }
+
+    /// GET on the admin listener (plain HTTP).
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let resp = raw_plain(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        parse_raw(&resp)
+    }
+
+    /// Writes raw bytes over TLS to the proxy and reads until the server closes
+    /// (or 5 s pass). Returns what came back.
+    pub async fn raw(&self, request: &[u8]) -> Vec<u8> {
+        let mut s = self.tls_stream().await;
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        out
+    }
+
+    pub async fn tls_stream(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.proxy).await.expect("connect");
+        let connector = TlsConnector::from(Arc::new(tls_config(&self.ca_pem, true)));
+        connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// An HTTP/2-only client.
+    pub fn h2_client(&self) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+        client(&self.ca_pem, true)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub async fn send_on(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> Reply {
+    let resp = client.request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Client TLS config trusting the demo CA; `alpn_h1` offers http/1.1 by ALPN
+/// (raw sockets), otherwise ALPN is left to hyper-rustls.
+pub fn tls_config(ca_pem: &str, alpn_h1: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("add ca");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(portcullis::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if alpn_h1 {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    cfg
+}
+
+fn client(
+    ca_pem: &str,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_pem, false))
+        .https_only();
+    let https = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    let mut cb = Client::builder(TokioExecutor::new());
+    if h2 {
+        cb.http2_only(true);
+    }
+    cb.build(https)
+}
+
+pub async fn raw_plain(addr: SocketAddr, request: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
+
+/// Parses a raw HTTP/1.1 response (status, headers, body as sent).
+pub fn parse_raw(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut headers = http::HeaderMap::new();
+    for l in lines {
+        if let Some((n, v)) = l.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.trim().as_bytes()),
+                http::HeaderValue::from_str(v.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    Reply {
+        status,
+        headers,
+        body: Bytes::from(body.to_owned()),
+    }
+}
+
+/// Status code of a raw response, 0 when the server closed without one.
+pub fn raw_status(raw: &[u8]) -> u16 {
+    parse_raw(raw).status
+}
+
+pub const MARKET_ORDER: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"MARKET","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
+pub const LIMIT_ORDER: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
