@@ -174,6 +174,8 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
+type Candidate<'a> = (usize, &'a Route, Vec<(Arc<str>, String)>);
+
 /// A request matched to a route.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
@@ -322,7 +324,7 @@ impl RouteTable {
             Some(r) if !r.is_empty() => (r, true),
             _ => (rest, false),
         };
-        let mut best: Option<(usize, &Route, Vec<(Arc<str>, String)>)> = None;
+        let mut best: Option<Candidate<'_>> = None;
         for (index, route) in self.routes.iter().enumerate() {
             if !route.method.matches(method) || (trailing && !route.trailing_slash) {
                 continue;

@@ -157,10 +157,10 @@ fn bad(detail: &str) -> Response<ProxyBody> {
     md_error(StatusCode::BAD_REQUEST, "Bad Request", detail)
 }
 
-fn required<'a>(q: &'a Query, key: &str) -> Result<&'a str, Response<ProxyBody>> {
+fn required<'a>(q: &'a Query, key: &str) -> Result<&'a str, String> {
     q.get(key)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| bad(&format!("Missing required parameter {key}")))
+        .ok_or_else(|| format!("Missing required parameter {key}"))
 }
 
 /// Routes `/marketdata/v1/<segs…>`.
@@ -176,7 +176,7 @@ pub fn route(method: &Method, segs: &[&str], q: &Query) -> Response<ProxyBody> {
                 m.insert(s.clone(), quote_json(&s, &q.list("fields")));
                 Ok(json_response(StatusCode::OK, &Value::Object(m)))
             }
-            None => Err(bad("Invalid symbol")),
+            None => Err("Invalid symbol".into()),
         },
         ["chains"] => chains(q),
         ["expirationchain"] => required(q, "symbol").map(|s| {
@@ -192,20 +192,20 @@ pub fn route(method: &Method, segs: &[&str], q: &Query) -> Response<ProxyBody> {
         ["pricehistory"] => price_history(q),
         ["movers", index] => match decode_symbol(index) {
             Some(i) if MOVER_INDEXES.contains(&i.as_str()) => Ok(movers(&i)),
-            _ => Err(bad("Invalid index symbol")),
+            _ => Err("Invalid index symbol".into()),
         },
         ["markets"] => {
             let list = q.list("markets");
             if list.is_empty() {
-                Err(bad("Missing required parameter markets"))
+                Err("Missing required parameter markets".into())
             } else if let Some(m) = list.iter().find(|m| !MARKETS.contains(&m.as_str())) {
-                Err(bad(&format!("Invalid market {m}")))
+                Err(format!("Invalid market {m}"))
             } else {
                 Ok(markets(&list, q.get("date")))
             }
         }
         ["markets", id] if MARKETS.contains(id) => Ok(markets(&[id.to_string()], q.get("date"))),
-        ["markets", _] => Err(bad("Invalid market")),
+        ["markets", _] => Err("Invalid market".into()),
         ["instruments"] => instruments(q),
         ["instruments", c] if !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()) => {
             Ok(json_response(
@@ -214,22 +214,22 @@ pub fn route(method: &Method, segs: &[&str], q: &Query) -> Response<ProxyBody> {
                         "assetType": "EQUITY"}),
             ))
         }
-        _ => Err(md_error(
+        _ => Ok(md_error(
             StatusCode::NOT_FOUND,
             "Not Found",
             "No such endpoint",
         )),
     };
-    r.unwrap_or_else(|e| e)
+    r.unwrap_or_else(|detail| bad(&detail))
 }
 
-fn quotes(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+fn quotes(q: &Query) -> Result<Response<ProxyBody>, String> {
     let symbols = q.list("symbols");
     if symbols.is_empty() {
-        return Err(bad("Missing required parameter symbols"));
+        return Err("Missing required parameter symbols".into());
     }
     if symbols.len() > 500 {
-        return Err(bad("Too many symbols"));
+        return Err("Too many symbols".into());
     }
     let fields = q.list("fields");
     let mut m = Map::new();
@@ -265,7 +265,7 @@ fn osi(root: &str, date: &str, cp: char, strike: f64) -> String {
     format!("{root:<6}{ymd}{cp}{:08}", (strike * 1000.0).round() as u64)
 }
 
-fn chains(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+fn chains(q: &Query) -> Result<Response<ProxyBody>, String> {
     let symbol = required(q, "symbol")?;
     let contract = q.get("contractType").unwrap_or("ALL").to_ascii_uppercase();
     let count: usize = q
@@ -322,7 +322,7 @@ fn chains(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     ))
 }
 
-fn price_history(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+fn price_history(q: &Query) -> Result<Response<ProxyBody>, String> {
     let symbol = required(q, "symbol")?;
     let freq_type = q.get("frequencyType").unwrap_or("daily");
     let step_ms: u64 = match freq_type {
@@ -336,7 +336,7 @@ fn price_history(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> 
         "daily" => 86_400_000,
         "weekly" => 7 * 86_400_000,
         "monthly" => 30 * 86_400_000,
-        _ => return Err(bad("Invalid frequencyType")),
+        _ => return Err("Invalid frequencyType".into()),
     };
     let end: u64 = q
         .get("endDate")
@@ -347,7 +347,7 @@ fn price_history(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> 
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| end.saturating_sub(step_ms * 30));
     if start > end {
-        return Err(bad("startDate is after endDate"));
+        return Err("startDate is after endDate".into());
     }
     let n = ((end - start) / step_ms).clamp(1, 2000);
     let mut price = last_price(symbol);
@@ -417,7 +417,7 @@ fn markets(list: &[String], date: Option<&str>) -> Response<ProxyBody> {
     json_response(StatusCode::OK, &Value::Object(out))
 }
 
-fn instruments(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+fn instruments(q: &Query) -> Result<Response<ProxyBody>, String> {
     let symbol = required(q, "symbol")?;
     let projection = required(q, "projection")?;
     const PROJECTIONS: &[&str] = &[
@@ -429,7 +429,7 @@ fn instruments(q: &Query) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
         "fundamental",
     ];
     if !PROJECTIONS.contains(&projection) {
-        return Err(bad("Invalid projection"));
+        return Err("Invalid projection".into());
     }
     let mut inst = json!({"assetType": "EQUITY", "cusip": cusip(symbol), "description": format!("{symbol} SIMULATED"),
                           "exchange": "NASDAQ", "symbol": symbol});

@@ -1,0 +1,121 @@
+//! The binary's command line: exit codes and messages operators rely on.
+
+use std::process::Command;
+
+fn portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_remove("SCHWAB_ACCESS_TOKEN")
+        .env_remove("SCHWAB_ACCESS_TOKEN_FILE")
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn shipped_example_config_passes_check_config() {
+    let (code, out, err) = portcullis(&["check-config", "config/example.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"));
+}
+
+#[test]
+fn check_config_exit_64_names_key_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let typo = write(
+        &d,
+        "typo.yaml",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\nlimits:\n  max_body_byts: 1\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &typo]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("max_body_byts") && err.contains("line 6"),
+        "{err}"
+    );
+
+    let plain = write(
+        &d,
+        "plain.yaml",
+        "listen:\n  - address: 0.0.0.0:8080\nupstream:\n  access_token: env:X\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &plain]);
+    assert_eq!(code, 64, "non-loopback plaintext listener must be refused");
+    assert!(err.contains("listen[0].address"), "{err}");
+
+    let (code, _, err) = portcullis(&["check-config", "/nonexistent/portcullis.yaml"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[test]
+fn check_config_load_reports_missing_secret_by_reference_only() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &d,
+        "c.yaml",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:PORTCULLIS_TEST_UNSET_TOKEN\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &cfg]);
+    assert_eq!(code, 0, "static check does not read secrets: {err}");
+    let (code, _, err) = portcullis(&["check-config", "--load", &cfg]);
+    assert_eq!(code, 64);
+    assert!(err.contains("env:PORTCULLIS_TEST_UNSET_TOKEN"), "{err}");
+
+    let secret = write(&d, "token", "sk-very-secret-value\n");
+    let bad_ca = write(
+        &d,
+        "c2.yaml",
+        &format!(
+            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: file:{secret}\n  extra_ca_file: {secret}\n"
+        ),
+    );
+    let (code, _, err) = portcullis(&["check-config", "--load", &bad_ca]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        !err.contains("sk-very-secret-value"),
+        "secret value leaked: {err}"
+    );
+}
+
+#[test]
+fn demo_config_is_refused_outside_the_demo() {
+    let (code, _, err) = portcullis(&["check-config", "config/demo.yaml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("demo key"), "{err}");
+}
+
+#[test]
+fn key_generate_prints_a_key_and_its_hash() {
+    let (code, out, _) = portcullis(&["key", "generate"]);
+    assert_eq!(code, 0);
+    let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap();
+    let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap();
+    assert_eq!(
+        portcullis::keys::parse_hash(hash),
+        Some(portcullis::keys::hash_key(key.as_bytes()))
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, _) = portcullis(&["--help"]);
+    assert_eq!(code, 0);
+    for word in ["run", "demo", "sim", "check-config", "key", "Examples"] {
+        assert!(out.contains(word), "--help lacks {word}");
+    }
+    let (code, out, _) = portcullis(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("portcullis "));
+    let (code, _, _) = portcullis(&["no-such-command"]);
+    assert_eq!(code, 64);
+}
