@@ -66,26 +66,33 @@ impl ParamType {
         })
     }
 
-    /// Checks a raw segment and returns its decoded value.
-    fn accept(self, raw: &str) -> Option<String> {
+    /// Whether a raw segment is acceptable, without allocating.
+    fn check(self, raw: &str) -> bool {
         let b = raw.as_bytes();
         match self {
-            ParamType::AccountHash => ((1..=128).contains(&b.len())
-                && b.iter().all(u8::is_ascii_alphanumeric))
-            .then(|| raw.to_owned()),
-            ParamType::Int64 => {
-                if !(1..=19).contains(&b.len()) || !b.iter().all(u8::is_ascii_digit) {
-                    return None;
-                }
-                raw.parse::<i64>().ok().map(|_| raw.to_owned())
+            ParamType::AccountHash => {
+                (1..=128).contains(&b.len()) && b.iter().all(u8::is_ascii_alphanumeric)
             }
-            ParamType::Market => ((1..=16).contains(&b.len())
-                && b.iter().all(u8::is_ascii_lowercase))
-            .then(|| raw.to_owned()),
-            ParamType::Cusip => ((1..=12).contains(&b.len())
-                && b.iter().all(u8::is_ascii_alphanumeric))
-            .then(|| raw.to_owned()),
+            ParamType::Int64 => {
+                (1..=19).contains(&b.len())
+                    && b.iter().all(u8::is_ascii_digit)
+                    && raw.parse::<i64>().is_ok()
+            }
+            ParamType::Market => {
+                (1..=16).contains(&b.len()) && b.iter().all(u8::is_ascii_lowercase)
+            }
+            ParamType::Cusip => {
+                (1..=12).contains(&b.len()) && b.iter().all(u8::is_ascii_alphanumeric)
+            }
+            ParamType::Symbol => walk_symbol(raw, |_| ()),
+        }
+    }
+
+    /// Checks a raw segment and returns its decoded value.
+    fn accept(self, raw: &str) -> Option<String> {
+        match self {
             ParamType::Symbol => decode_symbol(raw),
+            _ => self.check(raw).then(|| raw.to_owned()),
         }
     }
 }
@@ -93,33 +100,40 @@ impl ParamType {
 /// Decodes a symbol path segment; `None` if it holds anything but the
 /// characters a ticker can have.
 pub fn decode_symbol(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    walk_symbol(raw, |c| out.push(c)).then_some(out)
+}
+
+/// Walks a raw symbol segment, handing each decoded character to `push`;
+/// false if the segment is not a valid symbol (1-64 characters, not blank).
+fn walk_symbol(raw: &str, mut push: impl FnMut(char)) -> bool {
     let b = raw.as_bytes();
-    let mut out = String::with_capacity(b.len());
-    let mut i = 0;
+    let (mut i, mut len, mut blank) = (0, 0usize, true);
     while i < b.len() {
         let c = b[i];
-        if c == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let decoded = match hex {
+        let decoded = if c == b'%' {
+            let Some(hex) = b.get(i + 1..i + 3) else {
+                return false;
+            };
+            i += 3;
+            match hex {
                 [b'2', b'4'] => '$',
                 [b'2', b'F' | b'f'] => '/',
                 [b'2', b'0'] => ' ',
                 [b'5', b'E' | b'e'] => '^',
-                _ => return None,
-            };
-            out.push(decoded);
-            i += 3;
+                _ => return false,
+            }
         } else if c.is_ascii_alphanumeric() || b"$._-^".contains(&c) {
-            out.push(c as char);
             i += 1;
+            c as char
         } else {
-            return None;
-        }
+            return false;
+        };
+        blank &= decoded == ' ';
+        len += 1;
+        push(decoded);
     }
-    if out.is_empty() || out.len() > 64 || out.trim().is_empty() {
-        return None;
-    }
-    Some(out)
+    (1..=64).contains(&len) && !blank
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +188,8 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
-type Candidate<'a> = (usize, &'a Route, Vec<(Arc<str>, String)>);
+/// Longest path, in segments, the matcher considers.
+const MAX_SEGMENTS: usize = 16;
 
 /// A request matched to a route.
 #[derive(Debug, Clone)]
@@ -324,22 +339,34 @@ impl RouteTable {
             Some(r) if !r.is_empty() => (r, true),
             _ => (rest, false),
         };
-        let mut best: Option<Candidate<'_>> = None;
+        // Split once; candidate routes are checked without allocating, and
+        // parameters are decoded only for the winner.
+        let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for part in rest.split('/') {
+            if n == MAX_SEGMENTS {
+                return Err(RouteError::NoRoute);
+            }
+            segs[n] = part;
+            n += 1;
+        }
+        let segs = &segs[..n];
+        let mut best: Option<(usize, &Route)> = None;
         for (index, route) in self.routes.iter().enumerate() {
-            if !route.method.matches(method) || (trailing && !route.trailing_slash) {
+            if route.segments.len() != segs.len()
+                || !route.method.matches(method)
+                || (trailing && !route.trailing_slash)
+                || !route.matches(segs)
+            {
                 continue;
             }
-            if let Some(params) = route.match_segments(rest) {
-                let better = best
-                    .as_ref()
-                    .is_none_or(|(_, b, _)| route.literal_count > b.literal_count);
-                if better {
-                    best = Some((index, route, params));
-                }
+            if best.is_none_or(|(_, b)| route.literal_count > b.literal_count) {
+                best = Some((index, route));
             }
         }
-        best.map(|(index, _, params)| RouteMatch { index, params })
-            .ok_or(RouteError::NoRoute)
+        let (index, route) = best.ok_or(RouteError::NoRoute)?;
+        let params = route.params(segs).ok_or(RouteError::NoRoute)?;
+        Ok(RouteMatch { index, params })
     }
 
     pub fn get(&self, m: &RouteMatch) -> &Route {
@@ -348,24 +375,22 @@ impl RouteTable {
 }
 
 impl Route {
-    fn match_segments(&self, rest: &str) -> Option<Vec<(Arc<str>, String)>> {
-        let mut params = Vec::new();
-        let mut parts = rest.split('/');
-        for seg in &self.segments {
-            let part = parts.next()?;
-            match seg {
-                Segment::Literal(l) => {
-                    if l != part {
-                        return None;
-                    }
-                }
-                Segment::Param { name, ty } => params.push((name.clone(), ty.accept(part)?)),
-            }
-        }
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(params)
+    fn matches(&self, segs: &[&str]) -> bool {
+        self.segments.iter().zip(segs).all(|(seg, part)| match seg {
+            Segment::Literal(l) => l == part,
+            Segment::Param { ty, .. } => ty.check(part),
+        })
+    }
+
+    fn params(&self, segs: &[&str]) -> Option<Vec<(Arc<str>, String)>> {
+        self.segments
+            .iter()
+            .zip(segs)
+            .filter_map(|(seg, part)| match seg {
+                Segment::Literal(_) => None,
+                Segment::Param { name, ty } => Some(ty.accept(part).map(|v| (name.clone(), v))),
+            })
+            .collect()
     }
 }
 
