@@ -378,7 +378,7 @@ fn movers(index: &str) -> Response<ProxyBody> {
         .map(|s| {
             let h = fnv1a(&format!("{index}{s}"));
             json!({"symbol": s, "description": format!("{s} SIMULATED"), "change": round2((h % 500) as f64 / 100.0),
-                   "direction": if h % 2 == 0 { "up" } else { "down" }, "last": last_price(s),
+                   "direction": if h.is_multiple_of(2) { "up" } else { "down" }, "last": last_price(s),
                    "totalVolume": 1_000_000 + h % 9_000_000})
         })
         .collect();

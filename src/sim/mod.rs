@@ -284,10 +284,18 @@ impl Sim {
             ));
         }
         let n = self.api_calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.opts.reset_every.is_some_and(|k| k > 0 && n % k == 0) {
+        if self
+            .opts
+            .reset_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
+        {
             return Err(AbortConnection);
         }
-        if self.opts.fail_every.is_some_and(|k| k > 0 && n % k == 0) {
+        if self
+            .opts
+            .fail_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
+        {
             return Ok(api.error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",

@@ -253,13 +253,13 @@ pub fn parse_raw(raw: &[u8]) -> Reply {
         .unwrap_or(0);
     let mut headers = http::HeaderMap::new();
     for l in lines {
-        if let Some((n, v)) = l.split_once(':') {
-            if let (Ok(n), Ok(v)) = (
+        if let Some((n, v)) = l.split_once(':')
+            && let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(n.trim().as_bytes()),
                 http::HeaderValue::from_str(v.trim()),
-            ) {
-                headers.append(n, v);
-            }
+            )
+        {
+            headers.append(n, v);
         }
     }
     Reply {
