@@ -3,6 +3,8 @@
 //! they are `SecretString`s or sensitive header values, neither of which
 //! formats its contents.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -16,6 +18,7 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second init (tests, the demo starting twice) keeps the first subscriber.
     let _ = match format {

@@ -104,13 +104,21 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Dur,
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
+    /// Offer HTTP/2 by ALPN (used when the upstream agrees). Off: a pool of
+    /// HTTP/1.1 connections, which on loopback gives more throughput.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_upstream() -> String {
     "https://api.schwabapi.com".to_owned()
 }
 fn default_pool_max_idle() -> usize {
-    32
+    128
 }
 
 /// The Schwab app credentials (used by the OAuth token manager). Optional

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Loopback load test: direct to the simulator vs through portcullis vs through
+# nginx proxy_pass (the yardstick), at a fixed rate and at max throughput, plus
+# portcullis' resident memory with 1,000 idle keep-alive connections.
+#
+#   benches/load.sh                      # RATE=1000 DURATION=20s CONNS=32 MAXCONNS=64
+#
+# Needs: oha (cargo install oha --locked), nginx (apt-get install nginx-light),
+# curl, python3. Installs neither; says what is missing. Everything runs on
+# 127.0.0.1 and every phase is bounded by DURATION. Prints a summary table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-1000}
+DURATION=${DURATION:-20s}
+CONNS=${CONNS:-32}
+MAXCONNS=${MAXCONNS:-64}
+MAXDURATION=${MAXDURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+IDLE=${IDLE:-1000}
+P_PROXY=18443 P_SIM=18444 P_ADMIN=19464 P_NGINX=18445 P_PROXY_H1=18446 P_ADMIN_H1=19465
+
+for tool in oha nginx curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (see the header of this script)" >&2; exit 1; }
+done
+cargo build --release --quiet --bin portcullis
+work=$(mktemp -d)
+cleanup() {
+  for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  [ -n "${sim_pid:-}" ] && kill "$sim_pid" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  sleep 0.5; rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The simulator and the proxy run as separate processes (as nginx does), so
+# each is measured on its own. Request logs go to files, as in production
+# (nginx keeps its access log too).
+target/release/portcullis sim --dir "$work/sim" --listen 127.0.0.1:$P_SIM >"$work/sim.out" 2>"$work/sim.log" &
+sim_pid=$!
+for _ in $(seq 100); do [ -s "$work/sim/access-token" ] && break; sleep 0.1; done
+[ -s "$work/sim/access-token" ] || { echo "simulator did not start" >&2; cat "$work/sim.log" >&2; exit 1; }
+KEY=$(target/release/portcullis key generate 2>/dev/null)
+CALLER_KEY=$(echo "$KEY" | sed -n 's/^key:  //p')
+CALLER_HASH=$(echo "$KEY" | sed -n 's/^hash: //p')
+start_proxy() { # name port admin-port http2
+  cat >"$work/$1.yaml" <<YAML
+listen:
+  - address: 127.0.0.1:$2
+    tls: { cert_file: $work/sim/sim-cert.pem, key_file: $work/sim/sim-key.pem }
+admin: { address: 127.0.0.1:$3 }
+upstream:
+  base_url: https://127.0.0.1:$P_SIM
+  extra_ca_file: $work/sim/ca.pem
+  access_token: file:$work/sim/access-token
+  http2: $4
+callers:
+  - { id: load, role: Viewer, key_hashes: ["$CALLER_HASH"] }
+logging: { format: json, level: info }
+YAML
+  target/release/portcullis run --config "$work/$1.yaml" >"$work/$1.out" 2>"$work/$1.log" &
+  echo $! >"$work/$1.pid"
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:$3/readyz >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "proxy $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+}
+# Default configuration (HTTP/2 to the upstream), and the same with an HTTP/1.1
+# upstream pool — the mode the nginx yardstick uses (proxy_http_version 1.1).
+start_proxy portcullis $P_PROXY $P_ADMIN true
+start_proxy portcullis_h1 $P_PROXY_H1 $P_ADMIN_H1 false
+proxy_pid=$(cat "$work/portcullis.pid")
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $work/nginx/access.log;
+  upstream sim { server 127.0.0.1:$P_SIM; keepalive 64; }
+  server {
+    listen 127.0.0.1:$P_NGINX ssl http2;
+    ssl_certificate $work/sim/sim-cert.pem;
+    ssl_certificate_key $work/sim/sim-key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass https://sim;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/sim/ca.pem;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work/nginx" 2>/dev/null || nginx -c "$work/nginx.conf" -p "$work/nginx"
+
+TOKEN=$(cat "$work/sim/access-token")
+PATHQ="/marketdata/v1/quotes?symbols=AAPL&fields=quote"
+CA="$work/sim/ca.pem"
+
+run() { # name url key extra-args...
+  local name=$1 url=$2 key=$3; shift 3
+  oha --no-tui --output-format json --cacert "$CA" -H "Authorization: Bearer $key" "$@" "$url" >"$work/$name.json"
+  python3 - "$work/$name.json" "$name" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = codes.get("200", 0); total = sum(codes.values())
+print(f"{sys.argv[2]:<22} rps {s['requestsPerSec']:>9.0f}   p50 {p['p50']*1000:7.3f} ms   p99 {p['p99']*1000:7.3f} ms   200s {ok}/{total}")
+json.dump({"rps": s["requestsPerSec"], "p50": p["p50"], "p99": p["p99"]}, open(sys.argv[1] + ".s", "w"))
+PY
+}
+
+echo "== warm-up (2s each, discarded)"
+for t in "127.0.0.1:$P_SIM $TOKEN" "localhost:$P_PROXY $CALLER_KEY" "localhost:$P_PROXY_H1 $CALLER_KEY" "localhost:$P_NGINX $TOKEN"; do
+  set -- $t
+  oha --no-tui --output-format quiet --cacert "$CA" -H "Authorization: Bearer $2" -z 2s -c "$MAXCONNS" "https://$1$PATHQ" >/dev/null
+done
+
+echo "== fixed rate: $RATE req/s for $DURATION over $CONNS connections (latency corrected for coordinated omission)"
+run direct_fixed "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
+run portcullis_fixed "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
+run portcullis_h1_fixed "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
+run nginx_fixed "https://localhost:$P_NGINX$PATHQ" "$TOKEN" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
+
+echo "== max throughput: $MAXCONNS connections for $MAXDURATION, $ROUNDS interleaved rounds (this machine is noisy; medians are compared)"
+for r in $(seq "$ROUNDS"); do
+  run direct_max_$r "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" -z "$MAXDURATION" -c "$MAXCONNS"
+  run portcullis_max_$r "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" -z "$MAXDURATION" -c "$MAXCONNS"
+  run portcullis_h1_max_$r "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" -z "$MAXDURATION" -c "$MAXCONNS"
+  run nginx_max_$r "https://localhost:$P_NGINX$PATHQ" "$TOKEN" -z "$MAXDURATION" -c "$MAXCONNS"
+done
+
+echo "== resident memory of the proxy process with $IDLE idle keep-alive connections"
+python3 benches/idle_conns.py --port $P_PROXY --ca "$CA" --count "$IDLE" --pid "$proxy_pid" --key "$CALLER_KEY"
+
+python3 - "$work" "$ROUNDS" <<'PY'
+import json, statistics, sys
+w, rounds = sys.argv[1], int(sys.argv[2])
+g = lambda n: json.load(open(f"{w}/{n}.json.s"))
+d = g("direct_fixed")
+print("== summary")
+for name, label in (("portcullis", "portcullis (h2 upstream)"), ("portcullis_h1", "portcullis (h1 upstream)"), ("nginx", "nginx")):
+    p = g(f"{name}_fixed")
+    print(f"added latency at {int(round(d['rps']))} req/s through {label:<25} p50 {(p['p50']-d['p50'])*1000:+.3f} ms, p99 {(p['p99']-d['p99'])*1000:+.3f} ms")
+med = lambda n: statistics.median(g(f"{n}_max_{r}")["rps"] for r in range(1, rounds + 1))
+dm, pm, p1, nm = med("direct"), med("portcullis"), med("portcullis_h1"), med("nginx")
+print(f"max throughput (median of {rounds}): direct {dm:.0f}, nginx {nm:.0f}, "
+      f"portcullis h2 upstream {pm:.0f} ({100*pm/nm:.0f}% of nginx), h1 upstream {p1:.0f} ({100*p1/nm:.0f}% of nginx) req/s")
+PY
