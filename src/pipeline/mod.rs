@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use tracing::Instrument;
 
 use crate::admin::metrics::{Metrics, status_class};
 use crate::config::Limits;
@@ -99,14 +100,17 @@ impl Proxy {
     {
         self.metrics.in_flight.inc();
         let mut ctx = RequestCtx::new(peer);
+        // Every log line written while handling the request carries its id.
+        let span = tracing::info_span!("request", request_id = %ctx.request_id);
         let method = req.method().clone();
-        let response = match self.stages(&mut ctx, req).await {
+        let response = match self.stages(&mut ctx, req).instrument(span.clone()).await {
             Ok(r) => r,
             Err(rej) => {
                 ctx.rejected = Some(rej);
                 rej.into_response(&ctx.request_id)
             }
         };
+        let _in_span = span.enter();
         self.finish(&ctx, &method, response)
     }
 
@@ -238,7 +242,6 @@ impl Proxy {
         }
         m.in_flight.dec();
         tracing::info!(
-            request_id = %ctx.request_id,
             peer = %ctx.peer,
             method = %method,
             route = route_name,
