@@ -158,7 +158,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&StartError::Config(e)),
             };
-            telemetry::init(cfg.logging.format, &cfg.logging.level);
+            let _log = telemetry::init(cfg.logging.format, &cfg.logging.level);
             runtime(async move {
                 let listeners = Listeners::bind(&cfg).await?;
                 let (trigger, shutdown) = server::shutdown_channel();
@@ -167,7 +167,7 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Demo(args) => {
-            telemetry::init(crate::config::LogFormat::Human, "info");
+            let _log = telemetry::init(crate::config::LogFormat::Human, "info");
             let opts = DemoOptions {
                 dir: args.dir,
                 proxy: args.proxy_addr,
@@ -184,7 +184,7 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Sim(args) => {
-            telemetry::init(crate::config::LogFormat::Human, "info");
+            let _log = telemetry::init(crate::config::LogFormat::Human, "info");
             runtime(run_sim(args))
         }
     }

@@ -9,24 +9,36 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat, level: &str) {
+/// Keeps the background log writer alive; dropping it flushes what is queued.
+pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+
+/// Installs the global subscriber. Lines are formatted on the calling thread
+/// and written by a background thread; when its queue is full, callers wait
+/// (no line is dropped). Hold the returned guard until exit.
+pub fn init(format: LogFormat, level: &str) -> LogGuard {
     let filter = std::env::var("PORTCULLIS_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second init (tests, the demo starting twice) keeps the first subscriber.
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Human => builder.try_init(),
     };
+    installed.is_ok().then_some(guard)
 }

@@ -86,6 +86,15 @@ impl SimHarness {
         .await
     }
 
+    /// POST /v1/oauth/token with HTTP Basic `auth` and a form body.
+    async fn token(&self, auth: &str, form: &str) -> Reply {
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", auth),
+        ];
+        self.call("POST", "/v1/oauth/token", &headers, form).await
+    }
+
     async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(
             "GET",
@@ -164,25 +173,10 @@ async fn oauth_authorization_code_and_refresh() {
     let form = format!(
         "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2F127.0.0.1%3A8182"
     );
-    let ct = ("content-type", "application/x-www-form-urlencoded");
-    let wrong = h
-        .call(
-            "POST",
-            "/v1/oauth/token",
-            &[ct, ("authorization", &basic(&key, "nope"))],
-            &form,
-        )
-        .await;
+    let wrong = h.token(&basic(&key, "nope"), &form).await;
     assert_eq!(wrong.status, 401);
     let auth = basic(&key, &secret);
-    let r = h
-        .call(
-            "POST",
-            "/v1/oauth/token",
-            &[ct, ("authorization", &auth)],
-            &form,
-        )
-        .await;
+    let r = h.token(&auth, &form).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let tok = r.json();
     assert_eq!(tok["expires_in"], 1800);
@@ -201,25 +195,11 @@ async fn oauth_authorization_code_and_refresh() {
         "a refresh token is not an access token"
     );
     // The code is single use.
-    let again = h
-        .call(
-            "POST",
-            "/v1/oauth/token",
-            &[ct, ("authorization", &auth)],
-            &form,
-        )
-        .await;
+    let again = h.token(&auth, &form).await;
     assert_eq!(again.status, 400);
 
     let form = format!("grant_type=refresh_token&refresh_token={refresh}");
-    let r = h
-        .call(
-            "POST",
-            "/v1/oauth/token",
-            &[ct, ("authorization", &auth)],
-            &form,
-        )
-        .await;
+    let r = h.token(&auth, &form).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json()["refresh_token"],
@@ -228,12 +208,7 @@ async fn oauth_authorization_code_and_refresh() {
     );
     assert_ne!(r.json()["access_token"], access.as_str());
     let bad = h
-        .call(
-            "POST",
-            "/v1/oauth/token",
-            &[ct, ("authorization", &auth)],
-            "grant_type=refresh_token&refresh_token=expired",
-        )
+        .token(&auth, "grant_type=refresh_token&refresh_token=expired")
         .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"], "unsupported_token_type");

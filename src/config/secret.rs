@@ -148,12 +148,6 @@ pub fn bearer_header(token: &SecretString) -> Result<http::HeaderValue, SecretEr
     Ok(v)
 }
 
-/// The secret's bytes, for the few places that must hash or compare them
-/// (HTTP Basic credentials in the simulator). Never log the result.
-pub fn expose_bytes(s: &SecretString) -> &[u8] {
-    s.expose_secret().as_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

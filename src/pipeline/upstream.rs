@@ -45,6 +45,8 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout.0)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            // One TLS record per request rather than one per buffer slice.
+            .http1_writev(false)
             .build(https);
         Ok(Upstream {
             client,

@@ -261,7 +261,10 @@ async fn serve_io<I>(
             .max_header_size(l.max_header_bytes)
             .max_headers(l.max_headers)
             .keep_alive(true)
-            .half_close(false);
+            .half_close(false)
+            // Flatten head and body into one buffer: over TLS, vectored
+            // writes would become one TLS record per slice.
+            .writev(false);
         let conn: Conn = Box::pin(b.serve_connection(io, svc));
         drive(conn, activity, l.idle_timeout.0, shutdown).await;
     }

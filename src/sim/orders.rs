@@ -271,23 +271,23 @@ impl Book {
         body: &Bytes,
     ) -> Result<i64, (StatusCode, String)> {
         let req = parse_order(body).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-        let old = self
-            .orders
-            .get_mut(&id)
-            .filter(|o| o.account == account.number)
-            .ok_or((StatusCode::NOT_FOUND, "Order not found".to_owned()))?;
-        if old.status != "WORKING" {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("Order is {} and cannot be replaced", old.status),
-            ));
-        }
-        old.status = "REPLACED";
-        old.close_ms = Some(super::now_ms());
+        self.close_working(account, id, "REPLACED", "replaced")?;
         Ok(self.insert(account, req))
     }
 
     pub fn cancel(&mut self, account: &Account, id: i64) -> Result<(), (StatusCode, String)> {
+        self.close_working(account, id, "CANCELED", "canceled")
+    }
+
+    /// Moves a WORKING order of `account` to a closed status; anything else
+    /// is 404 (not this account's) or 400 (no longer working), as Schwab does.
+    fn close_working(
+        &mut self,
+        account: &Account,
+        id: i64,
+        to: &'static str,
+        verb: &str,
+    ) -> Result<(), (StatusCode, String)> {
         let o = self
             .orders
             .get_mut(&id)
@@ -296,10 +296,10 @@ impl Book {
         if o.status != "WORKING" {
             return Err((
                 StatusCode::BAD_REQUEST,
-                format!("Order is {} and cannot be canceled", o.status),
+                format!("Order is {} and cannot be {verb}", o.status),
             ));
         }
-        o.status = "CANCELED";
+        o.status = to;
         o.close_ms = Some(super::now_ms());
         Ok(())
     }
