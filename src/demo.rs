@@ -245,3 +245,27 @@ Press Ctrl-C to stop.
         admin = h.admin,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_holds_exactly_the_published_demo_keys() {
+        let opts = DemoOptions::default();
+        let cfg = demo_config(&opts, opts.sim).unwrap();
+        let ids = crate::pipeline::identity::Identities::from_config(&cfg.callers);
+        for (id, role, key) in crate::keys::DEMO_KEYS {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().unwrap(),
+            );
+            let caller = ids.identify(&h).unwrap();
+            assert_eq!(&*caller.id, id);
+            assert_eq!(caller.role.as_str(), role);
+        }
+        assert_eq!(ids.len(), 4);
+        assert!(Config::from_yaml(DEMO_CONFIG, "demo.yaml", Mode::Normal).is_err());
+    }
+}

@@ -497,7 +497,16 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
         out
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down only once the request is in flight (the simulator records it
+    // before its 700 ms of latency), however slow the machine is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the simulator"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.shutdown();
     let raw = in_flight.await.unwrap();
     assert_eq!(
@@ -557,4 +566,75 @@ async fn errors_leak_nothing() {
     let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
     assert_eq!(keys, vec!["error", "message", "request_id"]);
     assert_eq!(j["request_id"], r.headers["x-request-id"].to_str().unwrap());
+}
+
+#[tokio::test]
+async fn slow_body_is_408_and_never_forwarded() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.limits.body_read_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    let path = format!("/trader/v1/accounts/{}/orders", h.account_hash());
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TRADER}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\nConnection: close\r\n\r\n{{\"session\":"
+    );
+    let started = Instant::now();
+    let raw = h.raw(req.as_bytes()).await;
+    assert_eq!(raw_status(&raw), 408, "{}", String::from_utf8_lossy(&raw));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(h.journal().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.limits.max_connections = 2;
+    })
+    .await;
+    let _a = h.tls_stream().await;
+    let _b = h.tls_stream().await;
+    // The third is accepted by the kernel and closed by the proxy before TLS.
+    let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config(&h.ca_pem, true)));
+    let third = tokio::time::timeout(
+        Duration::from_secs(5),
+        connector.connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        ),
+    )
+    .await
+    .expect("closed promptly, not left hanging");
+    assert!(third.is_err(), "a third connection was served");
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains(r#"portcullis_connections_refused_total{reason="max_connections"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_certificate_is_verified() {
+    // Trust a different CA than the one that signed the simulator's certificate.
+    let other = portcullis::certs::DevCa::new("someone else").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, &other.ca_pem).unwrap();
+    let h = Harness::start_with(SimOptions::default(), move |c| {
+        c.upstream.extra_ca_file = Some(other_ca);
+    })
+    .await;
+    let r = h
+        .send("GET", "/trader/v1/accounts", Some(VIEWER), None)
+        .await;
+    assert_eq!(
+        r.status, 502,
+        "an untrusted upstream certificate was accepted"
+    );
+    assert!(
+        h.journal().is_empty(),
+        "the request reached an unverified upstream"
+    );
 }
