@@ -101,6 +101,28 @@ TOKEN=$(cat "$work/sim/access-token")
 PATHQ="/marketdata/v1/quotes?symbols=AAPL&fields=quote"
 CA="$work/sim/ca.pem"
 
+# CPU time (ns) consumed so far by processes: the sum of every thread's
+# run time from /proc/PID/task/*/schedstat. Per request it is a steadier
+# measure of efficiency than req/s on a shared machine.
+cpu_ns() {
+  local total=0 f
+  for pid in "$@"; do
+    for f in /proc/"$pid"/task/*/schedstat; do
+      [ -r "$f" ] && total=$((total + $(cut -d' ' -f1 "$f")))
+    done
+  done
+  echo "$total"
+}
+nginx_pids() { local m; m=$(cat "$work/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+cpu_per_request() { # name pids... ; runs the fixed-rate phase and reports CPU µs/request
+  local name=$1; shift
+  local before after
+  before=$(cpu_ns "$@")
+  run "$name" "${FIXED_ARGS[@]}"
+  after=$(cpu_ns "$@")
+  python3 -c "import json,sys; d=json.load(open('$work/$name.json')); n=sum(d.get('statusCodeDistribution',{}).values()); print(f'    CPU per request: {($after-$before)/1000/max(n,1):.1f} µs'); json.dump({'cpu_us': ($after-$before)/1000/max(n,1)}, open('$work/$name.cpu','w'))"
+}
+
 run() { # name url key extra-args...
   local name=$1 url=$2 key=$3; shift 3
   oha --no-tui --output-format json --cacert "$CA" -H "Authorization: Bearer $key" "$@" "$url" >"$work/$name.json"
@@ -122,17 +144,27 @@ for t in "127.0.0.1:$P_SIM $TOKEN" "localhost:$P_PROXY $CALLER_KEY" "localhost:$
 done
 
 echo "== fixed rate: $RATE req/s for $DURATION over $CONNS connections (latency corrected for coordinated omission)"
-run direct_fixed "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
-run portcullis_fixed "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
-run portcullis_h1_fixed "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
-run nginx_fixed "https://localhost:$P_NGINX$PATHQ" "$TOKEN" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction
+fixed() { # name url key pids...
+  local name=$1 url=$2 key=$3; shift 3
+  FIXED_ARGS=("$url" "$key" -z "$DURATION" -q "$RATE" -c "$CONNS" --latency-correction)
+  cpu_per_request "$name" "$@"
+}
+fixed direct_fixed "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" "$sim_pid"
+fixed portcullis_fixed "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis.pid")"
+fixed portcullis_h1_fixed "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_h1.pid")"
+fixed nginx_fixed "https://localhost:$P_NGINX$PATHQ" "$TOKEN" $(nginx_pids)
 
 echo "== max throughput: $MAXCONNS connections for $MAXDURATION, $ROUNDS interleaved rounds (this machine is noisy; medians are compared)"
+maxrun() { # name url key pids...
+  local name=$1 url=$2 key=$3; shift 3
+  FIXED_ARGS=("$url" "$key" -z "$MAXDURATION" -c "$MAXCONNS")
+  cpu_per_request "$name" "$@"
+}
 for r in $(seq "$ROUNDS"); do
-  run direct_max_$r "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" -z "$MAXDURATION" -c "$MAXCONNS"
-  run portcullis_max_$r "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" -z "$MAXDURATION" -c "$MAXCONNS"
-  run portcullis_h1_max_$r "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" -z "$MAXDURATION" -c "$MAXCONNS"
-  run nginx_max_$r "https://localhost:$P_NGINX$PATHQ" "$TOKEN" -z "$MAXDURATION" -c "$MAXCONNS"
+  maxrun direct_max_$r "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" "$sim_pid"
+  maxrun portcullis_max_$r "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis.pid")"
+  maxrun portcullis_h1_max_$r "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_h1.pid")"
+  maxrun nginx_max_$r "https://localhost:$P_NGINX$PATHQ" "$TOKEN" $(nginx_pids)
 done
 
 echo "== resident memory of the proxy process with $IDLE idle keep-alive connections"
@@ -146,9 +178,13 @@ d = g("direct_fixed")
 print("== summary")
 for name, label in (("portcullis", "portcullis (h2 upstream)"), ("portcullis_h1", "portcullis (h1 upstream)"), ("nginx", "nginx")):
     p = g(f"{name}_fixed")
-    print(f"added latency at {int(round(d['rps']))} req/s through {label:<25} p50 {(p['p50']-d['p50'])*1000:+.3f} ms, p99 {(p['p99']-d['p99'])*1000:+.3f} ms")
+    cpu = json.load(open(f"{w}/{name}_fixed.cpu"))["cpu_us"]
+    print(f"added latency at {int(round(d['rps']))} req/s through {label:<25} p50 {(p['p50']-d['p50'])*1000:+.3f} ms, p99 {(p['p99']-d['p99'])*1000:+.3f} ms; CPU {cpu:.1f} µs/request")
 med = lambda n: statistics.median(g(f"{n}_max_{r}")["rps"] for r in range(1, rounds + 1))
 dm, pm, p1, nm = med("direct"), med("portcullis"), med("portcullis_h1"), med("nginx")
 print(f"max throughput (median of {rounds}): direct {dm:.0f}, nginx {nm:.0f}, "
       f"portcullis h2 upstream {pm:.0f} ({100*pm/nm:.0f}% of nginx), h1 upstream {p1:.0f} ({100*p1/nm:.0f}% of nginx) req/s")
+cpu = lambda n: statistics.median(json.load(open(f"{w}/{n}_max_{r}.cpu"))["cpu_us"] for r in range(1, rounds + 1))
+print(f"CPU per request at saturation (median): simulator alone {cpu('direct'):.1f} µs, nginx {cpu('nginx'):.1f} µs, "
+      f"portcullis h2 upstream {cpu('portcullis'):.1f} µs, h1 upstream {cpu('portcullis_h1'):.1f} µs")
 PY
