@@ -98,27 +98,26 @@ pub struct Prepared {
     pub tls: Vec<Option<TlsAcceptor>>,
 }
 
-pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    let routes = match &config.routes.file {
+/// The route table the configuration names: `routes.file`, or the built-in profile.
+fn load_routes(config: &Config) -> Result<RouteTable, StartError> {
+    let (source_name, parsed) = match &config.routes.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| StartError::Load(format!("routes.file {}: {e}", path.display())))?;
-            RouteTable::from_yaml(&text)
+            (path.display().to_string(), RouteTable::from_yaml(&text))
         }
-        None => RouteTable::schwab(),
-    }
-    .map_err(|issues| {
+        None => ("(built-in schwab routes)".to_owned(), RouteTable::schwab()),
+    };
+    parsed.map_err(|issues: Vec<ConfigIssue>| {
         StartError::Config(ConfigError {
-            source_name: config
-                .routes
-                .file
-                .as_ref()
-                .map_or("(built-in schwab routes)".into(), |p| {
-                    p.display().to_string()
-                }),
+            source_name,
             issues,
         })
-    })?;
+    })
+}
+
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let routes = load_routes(config)?;
 
     let token = config::secret::resolve(&config.upstream.access_token)
         .map_err(|e| StartError::Load(format!("upstream.access_token: {e}")))?;
@@ -253,16 +252,9 @@ pub fn check_config(path: &std::path::Path, load: bool) -> Result<Config, StartE
     let cfg = Config::from_file(path, config::Mode::Normal).map_err(StartError::Config)?;
     if load {
         prepare(&cfg)?;
-    } else if let Some(p) = &cfg.routes.file {
+    } else {
         // The route table is cheap to check and a typo there is common.
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| StartError::Load(format!("routes.file {}: {e}", p.display())))?;
-        RouteTable::from_yaml(&text).map_err(|issues: Vec<ConfigIssue>| {
-            StartError::Config(ConfigError {
-                source_name: p.display().to_string(),
-                issues,
-            })
-        })?;
+        load_routes(&cfg)?;
     }
     Ok(cfg)
 }

@@ -119,3 +119,30 @@ fn help_and_version() {
     let (code, _, _) = portcullis(&["no-such-command"]);
     assert_eq!(code, 64);
 }
+
+#[test]
+fn check_config_validates_a_custom_route_table() {
+    let d = tempfile::tempdir().unwrap();
+    let routes = write(
+        &d,
+        "routes.yaml",
+        "profile: other\nroutes:\n  - { name: q, method: GET, path: \"/v1/{sym:ticker}\", action: ViewMarketData }\n",
+    );
+    let cfg = write(
+        &d,
+        "c.yaml",
+        &format!(
+            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\nroutes:\n  file: {routes}\n"
+        ),
+    );
+    let (code, _, err) = portcullis(&["check-config", &cfg]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("routes[0].path"), "{err}");
+    std::fs::write(
+        d.path().join("routes.yaml"),
+        "profile: other\nroutes:\n  - { name: q, method: GET, path: \"/v1/{sym:symbol}/quotes\", action: ViewMarketData, resource: sym }\n",
+    )
+    .unwrap();
+    let (code, out, err) = portcullis(&["check-config", &cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+}
