@@ -27,7 +27,10 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
         // Buffered: the writer thread flushes after each batch it drains, so
         // under load many lines share one write(2), and at rest each line is
         // written at once.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
