@@ -253,7 +253,8 @@ impl Proxy {
             status = status.as_u16(),
             upstream_status = ctx.upstream_status.map(|s| s.as_u16()),
             reason = ctx.rejected.map(|r| r.code()),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_us = elapsed.as_micros() as u64,
+            upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),
             "request"
         );
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
