@@ -39,6 +39,7 @@ pub enum BadRequest {
     InvalidHeader,
     BodyNotAllowed,
     BadBody,
+    MethodOverride,
 }
 
 impl Reject {
@@ -65,6 +66,7 @@ impl Reject {
             Reject::BadRequest(BadRequest::InvalidHeader) => "invalid_header",
             Reject::BadRequest(BadRequest::BodyNotAllowed) => "body_not_allowed",
             Reject::BadRequest(BadRequest::BadBody) => "bad_body",
+            Reject::BadRequest(BadRequest::MethodOverride) => "method_override",
             Reject::NoRoute => "no_route",
             Reject::BodyTooLarge => "body_too_large",
             Reject::BodyTimeout => "body_timeout",
@@ -85,6 +87,9 @@ impl Reject {
             Reject::BadRequest(BadRequest::InvalidHeader) => "a request header is malformed",
             Reject::BadRequest(BadRequest::BodyNotAllowed) => "this endpoint takes no request body",
             Reject::BadRequest(BadRequest::BadBody) => "the request body could not be read",
+            Reject::BadRequest(BadRequest::MethodOverride) => {
+                "method-override headers are not accepted; use the real method"
+            }
             Reject::NoRoute => "no such endpoint",
             Reject::BodyTooLarge => "the request body is too large",
             Reject::BodyTimeout => "the request body was not received in time",
@@ -147,6 +152,7 @@ mod tests {
             Reject::BadRequest(BadRequest::InvalidHeader),
             Reject::BadRequest(BadRequest::BodyNotAllowed),
             Reject::BadRequest(BadRequest::BadBody),
+            Reject::BadRequest(BadRequest::MethodOverride),
             Reject::NoRoute,
             Reject::BodyTooLarge,
             Reject::BodyTimeout,

@@ -122,6 +122,17 @@ async fn path_tricks_are_refused_and_never_forwarded() {
             400,
         ),
         ("/%74rader/v1/accounts".into(), 404),
+        // A symbol that would become a path if the upstream decoded %2F.
+        (
+            "/marketdata/v1/movers/..%2F..%2F..%2Ftrader%2Fv1%2Faccounts".into(),
+            404,
+        ),
+        (
+            "/marketdata/v1/..%2F..%2Ftrader%2Fv1%2Forders/quotes".into(),
+            404,
+        ),
+        // Two routes fit as well as each other: refused, not guessed.
+        ("/marketdata/v1/movers/quotes".into(), 400),
     ];
     for (target, want) in &tricks {
         let req = format!(
@@ -212,6 +223,27 @@ async fn duplicate_authorization_or_host_is_400_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn method_override_headers_are_refused_and_never_forwarded() {
+    let h = Harness::start().await;
+    let path = format!(
+        "/trader/v1/accounts/{}/orders/1003456789012",
+        h.account_hash()
+    );
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let r = h
+            .send_with("GET", &path, Some(TRADER), None, &[(name, "DELETE")])
+            .await;
+        assert_eq!(r.status, 400, "{name}");
+        assert_eq!(r.json()["error"], "method_override");
+    }
+    assert!(h.journal().is_empty());
+}
+
+#[tokio::test]
 async fn oversized_head_is_431_and_never_forwarded() {
     let h = Harness::start().await;
     let big = "a".repeat(17 * 1024);
@@ -242,6 +274,8 @@ async fn hop_by_hop_and_forwarding_headers_are_stripped() {
                 ("x-forwarded-for", "10.0.0.1"),
                 ("forwarded", "for=10.0.0.1"),
                 ("proxy-authorization", "Basic abc"),
+                ("x-original-url", "/trader/v1/orders"),
+                ("true-client-ip", "10.0.0.2"),
                 ("x-request-id", "spoofed-id"),
                 ("accept", "application/json"),
             ],

@@ -535,8 +535,11 @@ impl Config {
                 );
             }
         }
-        if l.max_connections == 0 {
-            issue("limits.max_connections".into(), "must be above zero".into());
+        if !(1..=1_000_000).contains(&l.max_connections) {
+            issue(
+                "limits.max_connections".into(),
+                "must be between 1 and 1000000".into(),
+            );
         }
         if l.h2_max_concurrent_streams == 0 || l.h2_max_concurrent_streams > 1000 {
             issue(

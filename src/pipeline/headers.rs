@@ -20,17 +20,37 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
-/// Headers the proxy sets or that describe the client hop; never copied upstream.
-const NOT_FORWARDED: [&str; 9] = [
+/// Headers the proxy sets, that describe the client hop, or that some
+/// servers honour to rewrite the path or the client address; never copied
+/// upstream. (`x-forwarded-*` and `proxy-*` are dropped by prefix.)
+const NOT_FORWARDED: [&str; 19] = [
     "host",
     "authorization",
     "content-length",
     "expect",
     "forwarded",
+    "x-forwarded",
     "x-real-ip",
     "x-request-id",
-    "x-forwarded-for",
     "via",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+];
+
+/// Headers that ask a server to treat the request as another method. A
+/// request carrying one is refused: the method matched is the method sent.
+pub const METHOD_OVERRIDE: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
@@ -91,6 +111,8 @@ mod tests {
         h.insert("proxy-authorization", "x".parse().unwrap());
         h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         h.insert("x-forwarded-host", "evil".parse().unwrap());
+        h.insert("x-original-url", "/trader/v1/accounts".parse().unwrap());
+        h.insert("true-client-ip", "1.2.3.4".parse().unwrap());
         h.insert("forwarded", "for=1.2.3.4".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         h.insert("host", "proxy.local".parse().unwrap());

@@ -271,12 +271,16 @@ fn route_reject(e: RouteError) -> Reject {
     }
 }
 
-/// Ambiguous credentials or targets are refused, never resolved by picking one.
+/// Ambiguous credentials or targets are refused, never resolved by picking
+/// one; so are requests asking to be treated as another method.
 fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
     for name in [header::AUTHORIZATION, header::HOST] {
         if h.get_all(&name).iter().nth(1).is_some() {
             return Err(Reject::BadRequest(BadRequest::DuplicateHeader));
         }
+    }
+    if headers::METHOD_OVERRIDE.iter().any(|n| h.contains_key(*n)) {
+        return Err(Reject::BadRequest(BadRequest::MethodOverride));
     }
     Ok(())
 }

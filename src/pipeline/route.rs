@@ -84,7 +84,15 @@ impl ParamType {
             ParamType::Cusip => {
                 (1..=12).contains(&b.len()) && b.iter().all(u8::is_ascii_alphanumeric)
             }
-            ParamType::Symbol => walk_symbol(raw, |_| ()),
+            ParamType::Symbol => {
+                // Decoding allocates; only symbols that carry an encoded
+                // slash can be path-like, so most symbols skip it.
+                if raw.contains('%') || raw.contains('.') {
+                    decode_symbol(raw).is_some()
+                } else {
+                    walk_symbol(raw, |_| ())
+                }
+            }
         }
     }
 
@@ -98,10 +106,21 @@ impl ParamType {
 }
 
 /// Decodes a symbol path segment; `None` if it holds anything but the
-/// characters a ticker can have.
+/// characters a ticker can have, or if the decoded symbol could act as a
+/// path once an upstream decodes `%2F` (`..%2F..%2Ftrader`).
 pub fn decode_symbol(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
-    walk_symbol(raw, |c| out.push(c)).then_some(out)
+    (walk_symbol(raw, |c| out.push(c)) && !path_like(&out)).then_some(out)
+}
+
+/// True for a decoded symbol that contains a dot segment or an empty
+/// segment when split at `/`. Real symbols with a slash are `/ES`,
+/// `/ESZ25` and `AUD/CAD`: one leading slash or one inner slash between
+/// non-dot parts.
+fn path_like(decoded: &str) -> bool {
+    let body = decoded.strip_prefix('/').unwrap_or(decoded);
+    body.split('/')
+        .any(|part| part.is_empty() || part.trim_matches('.').is_empty())
 }
 
 /// Walks a raw symbol segment, handing each decoded character to `push`;
@@ -352,6 +371,7 @@ impl RouteTable {
         }
         let segs = &segs[..n];
         let mut best: Option<(usize, &Route)> = None;
+        let mut tied = false;
         for (index, route) in self.routes.iter().enumerate() {
             if route.segments.len() != segs.len()
                 || !route.method.matches(method)
@@ -360,11 +380,21 @@ impl RouteTable {
             {
                 continue;
             }
-            if best.is_none_or(|(_, b)| route.literal_count > b.literal_count) {
-                best = Some((index, route));
+            match best {
+                Some((_, b)) if route.literal_count == b.literal_count => tied = true,
+                Some((_, b)) if route.literal_count < b.literal_count => {}
+                _ => {
+                    best = Some((index, route));
+                    tied = false;
+                }
             }
         }
         let (index, route) = best.ok_or(RouteError::NoRoute)?;
+        if tied {
+            // Two routes fit equally well (`/marketdata/v1/movers/quotes`):
+            // which one the upstream serves is a guess, so refuse.
+            return Err(RouteError::BadPath("ambiguous path"));
+        }
         let params = route.params(segs).ok_or(RouteError::NoRoute)?;
         Ok(RouteMatch { index, params })
     }
@@ -601,6 +631,22 @@ mod tests {
     }
 
     #[test]
+    fn ambiguous_paths_are_refused() {
+        let t = t();
+        for p in [
+            "/marketdata/v1/movers/quotes",
+            "/marketdata/v1/markets/quotes",
+            "/marketdata/v1/instruments/quotes",
+        ] {
+            assert_eq!(
+                t.match_request(&M::GET, p).map(|_| ()),
+                Err(RouteError::BadPath("ambiguous path")),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
     fn literal_beats_parameter() {
         let t = t();
         assert_eq!(
@@ -682,6 +728,30 @@ mod tests {
                 matches!(t.match_request(&M::GET, p), Err(RouteError::BadPath(_))),
                 "{p} was not refused as a bad path"
             );
+        }
+    }
+
+    #[test]
+    fn symbols_that_decode_to_paths_are_refused() {
+        let t = t();
+        for p in [
+            "/marketdata/v1/movers/..%2F..%2F..%2Ftrader%2Fv1%2Faccounts",
+            "/marketdata/v1/..%2Ftrader/quotes",
+            "/marketdata/v1/AAPL%2F..%2F/quotes",
+            "/marketdata/v1/%2F%2FES/quotes",
+            "/marketdata/v1/ES%2F/quotes",
+            "/marketdata/v1/%2F/quotes",
+            "/marketdata/v1/A%2F.%2FB/quotes",
+            "/marketdata/v1/...%2FX/quotes",
+        ] {
+            assert!(t.match_request(&M::GET, p).is_err(), "{p} matched");
+        }
+        for ok in [
+            "/marketdata/v1/BRK.B/quotes",
+            "/marketdata/v1/%2FESZ25/quotes",
+            "/marketdata/v1/AUD%2FCAD/quotes",
+        ] {
+            assert!(t.match_request(&M::GET, ok).is_ok(), "{ok} refused");
         }
     }
 
