@@ -672,3 +672,49 @@ async fn upstream_certificate_is_verified() {
         "the request reached an unverified upstream"
     );
 }
+
+#[tokio::test]
+async fn a_request_abandoned_by_the_client_is_still_recorded() {
+    let h = Harness::start_with(
+        SimOptions {
+            latency: Duration::from_millis(1500),
+            ..SimOptions::default()
+        },
+        |_| {},
+    )
+    .await;
+    // HTTP/2: dropping the response future resets the stream, and hyper
+    // drops the proxy's handler mid-request.
+    let c = h.h2_client();
+    let req = http::Request::builder()
+        .uri(format!(
+            "https://localhost:{}/trader/v1/accounts",
+            h.proxy.port()
+        ))
+        .header("authorization", format!("Bearer {VIEWER}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(async move { c.request(req).await.map(|r| r.status()) });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the simulator"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pending.abort();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = h.admin_get("/metrics").await.text();
+        if text.contains(r#"outcome="cancelled""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        text.contains(r#"portcullis_requests_total{action="ViewAccounts",outcome="cancelled",route="accounts",status_class="4xx"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("portcullis_requests_in_flight 0"), "{text}");
+}

@@ -103,19 +103,31 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         self.metrics.in_flight.inc();
-        let mut ctx = RequestCtx::new(peer);
+        let ctx = RequestCtx::new(peer);
         // Every log line written while handling the request carries its id.
         let span = tracing::info_span!("request", request_id = %ctx.request_id);
-        let method = req.method().clone();
-        let response = match self.stages(&mut ctx, req).instrument(span.clone()).await {
+        let mut done = Finisher {
+            proxy: self,
+            method: req.method().clone(),
+            ctx,
+            span,
+            finished: false,
+        };
+        let result = self
+            .stages(&mut done.ctx, req)
+            .instrument(done.span.clone())
+            .await;
+        let response = match result {
             Ok(r) => r,
             Err(rej) => {
-                ctx.rejected = Some(rej);
-                rej.into_response(&ctx.request_id)
+                done.ctx.rejected = Some(rej);
+                rej.into_response(&done.ctx.request_id)
             }
         };
-        let _in_span = span.enter();
-        self.finish(&ctx, &method, response)
+        done.finished = true;
+        let _in_span = done.span.enter();
+        self.record(&done.ctx, &done.method, response.status(), false);
+        with_request_id(response, &done.ctx.request_id)
     }
 
     async fn stages<B>(
@@ -208,14 +220,9 @@ impl Proxy {
         Ok(req)
     }
 
-    /// Runs for every request: metrics and the request log line.
-    fn finish(
-        &self,
-        ctx: &RequestCtx,
-        method: &http::Method,
-        mut response: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
-        let status = response.status();
+    /// Runs for every request, however it ended: metrics and the request
+    /// log line. `cancelled`: the client went away before the response.
+    fn record(&self, ctx: &RequestCtx, method: &http::Method, status: StatusCode, cancelled: bool) {
         let (route_name, action) = match &ctx.route {
             Some(m) => {
                 let r = self.routes.get(m);
@@ -223,10 +230,11 @@ impl Proxy {
             }
             None => ("none", "none"),
         };
-        let outcome = match (ctx.rejected, ctx.upstream_status) {
-            (Some(_), _) => "rejected",
-            (None, Some(_)) => "forwarded",
-            (None, None) => "error",
+        let outcome = match (cancelled, ctx.rejected, ctx.upstream_status) {
+            (true, _, _) => "cancelled",
+            (false, Some(_), _) => "rejected",
+            (false, None, Some(_)) => "forwarded",
+            (false, None, None) => "error",
         };
         let elapsed = ctx.started.elapsed();
         let m = &self.metrics;
@@ -253,15 +261,41 @@ impl Proxy {
             status = status.as_u16(),
             upstream_status = ctx.upstream_status.map(|s| s.as_u16()),
             reason = ctx.rejected.map(|r| r.code()),
+            cancelled,
             latency_us = elapsed.as_micros() as u64,
             upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),
             "request"
         );
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            response.headers_mut().insert("x-request-id", v);
-        }
-        response
     }
+}
+
+/// Makes sure [`Proxy::record`] runs exactly once per request. hyper drops
+/// the handler future when the client resets the stream or hangs up
+/// mid-request; the request is then recorded from `Drop` with status 499
+/// (client closed request) — it may already have reached the upstream.
+struct Finisher<'a> {
+    proxy: &'a Proxy,
+    method: http::Method,
+    ctx: RequestCtx,
+    span: tracing::Span,
+    finished: bool,
+}
+
+impl Drop for Finisher<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _in_span = self.span.enter();
+            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            self.proxy.record(&self.ctx, &self.method, status, true);
+        }
+    }
+}
+
+fn with_request_id(mut response: Response<ProxyBody>, request_id: &str) -> Response<ProxyBody> {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 fn route_reject(e: RouteError) -> Reject {

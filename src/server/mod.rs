@@ -209,6 +209,23 @@ impl Activity {
     }
 }
 
+/// One request in flight on a connection, for the idle watchdog.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_io<I>(
     io: I,
     h2: bool,
@@ -226,13 +243,12 @@ async fn serve_io<I>(
     });
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        act.in_flight.fetch_add(1, Ordering::Relaxed);
         let fut = handler(req, peer);
-        let act = act.clone();
+        // Counted until the handler finishes or is dropped (client gone).
+        let busy = Busy::new(act.clone());
         async move {
             let r = fut.await;
-            act.touch();
-            act.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(busy);
             r
         }
     });
