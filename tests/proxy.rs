@@ -718,3 +718,43 @@ async fn a_request_abandoned_by_the_client_is_still_recorded() {
     );
     assert!(text.contains("portcullis_requests_in_flight 0"), "{text}");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_its_connection() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.limits.idle_timeout = "1s".parse().unwrap();
+        c.limits.shutdown_grace = "1s".parse().unwrap();
+    })
+    .await;
+    // An HTTP/2 client with a 1 KiB stream window that does not read the body
+    // sends no WINDOW_UPDATE: the proxy's response stalls mid-body.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(&h.ca_pem, false))
+        .https_only()
+        .enable_http2()
+        .build();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(1024)
+        .build::<_, http_body_util::Full<bytes::Bytes>>(https);
+    let path = "/marketdata/v1/pricehistory?symbol=AAPL&frequencyType=minute&frequency=1&startDate=0&endDate=120000000";
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{}{path}", h.proxy.port()))
+        .header("authorization", format!("Bearer {VIEWER}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Idle (1 s) + grace (1 s): the proxy gives up on the stalled response.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let body = tokio::time::timeout(
+        Duration::from_secs(5),
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .expect("the body read resolved");
+    assert!(
+        body.is_err(),
+        "the stalled response was kept alive and completed"
+    );
+}

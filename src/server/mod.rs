@@ -266,7 +266,14 @@ async fn serve_io<I>(
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(10));
         let conn: Conn = Box::pin(b.serve_connection(io, svc));
-        drive(conn, activity, l.idle_timeout.0, shutdown).await;
+        drive(
+            conn,
+            activity,
+            l.idle_timeout.0,
+            l.shutdown_grace.0,
+            shutdown,
+        )
+        .await;
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -282,7 +289,14 @@ async fn serve_io<I>(
             // writes would become one TLS record per slice.
             .writev(false);
         let conn: Conn = Box::pin(b.serve_connection(io, svc));
-        drive(conn, activity, l.idle_timeout.0, shutdown).await;
+        drive(
+            conn,
+            activity,
+            l.idle_timeout.0,
+            l.shutdown_grace.0,
+            shutdown,
+        )
+        .await;
     }
 }
 
@@ -290,36 +304,46 @@ type Conn = Pin<
     Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>,
 >;
 
+/// Drives one connection until it ends. Once it is asked to close — server
+/// shutdown, or idle for `idle_timeout` — it gets `grace` to finish what it
+/// is sending, then it is dropped (the socket closed) even if a response is
+/// still stuck: a client that stops reading cannot hold a connection slot.
 async fn drive(
     mut conn: Conn,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    grace: Duration,
     mut shutdown: Shutdown,
 ) {
-    let mut closing = shutdown.is_triggered();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
+    let far_future = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let hard_stop = tokio::time::sleep_until(far_future);
+    tokio::pin!(hard_stop);
+    let mut closing = false;
     let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let close_now = tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = shutdown.wait(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            _ = &mut hard_stop, if closing => {
+                tracing::debug!("connection did not finish within the grace period; closing it");
+                return;
             }
+            _ = shutdown.wait(), if !closing => true,
             _ = tick.tick(), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle_timeout {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle_timeout
             }
+        };
+        if close_now {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+            hard_stop
+                .as_mut()
+                .reset(tokio::time::Instant::now() + grace);
         }
     }
 }
