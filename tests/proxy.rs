@@ -360,14 +360,7 @@ async fn orders_round_trip_with_location_unchanged() {
 async fn http2_works_through_alpn() {
     let h = Harness::start().await;
     let c = h.h2_client();
-    let req = http::Request::builder()
-        .uri(format!(
-            "https://localhost:{}/trader/v1/accounts?fields=positions",
-            h.proxy.port()
-        ))
-        .header("authorization", format!("Bearer {VIEWER}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let req = h.get_request("/trader/v1/accounts?fields=positions", VIEWER);
     let r = send_on(&c, req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().as_array().map(|a| a.len()), Some(2));
@@ -686,14 +679,7 @@ async fn a_request_abandoned_by_the_client_is_still_recorded() {
     // HTTP/2: dropping the response future resets the stream, and hyper
     // drops the proxy's handler mid-request.
     let c = h.h2_client();
-    let req = http::Request::builder()
-        .uri(format!(
-            "https://localhost:{}/trader/v1/accounts",
-            h.proxy.port()
-        ))
-        .header("authorization", format!("Bearer {VIEWER}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let req = h.get_request("/trader/v1/accounts", VIEWER);
     let pending = tokio::spawn(async move { c.request(req).await.map(|r| r.status()) });
     let deadline = Instant::now() + Duration::from_secs(10);
     while h.journal().is_empty() {
@@ -738,11 +724,7 @@ async fn a_client_that_stops_reading_cannot_hold_its_connection() {
         .http2_initial_stream_window_size(1024)
         .build::<_, http_body_util::Full<bytes::Bytes>>(https);
     let path = "/marketdata/v1/pricehistory?symbol=AAPL&frequencyType=minute&frequency=1&startDate=0&endDate=120000000";
-    let req = http::Request::builder()
-        .uri(format!("https://localhost:{}{path}", h.proxy.port()))
-        .header("authorization", format!("Bearer {VIEWER}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let req = h.get_request(path, VIEWER);
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     // Idle (1 s) + grace (1 s): the proxy gives up on the stalled response.

@@ -254,7 +254,7 @@ async fn serve_io<I>(
     });
     let l = &opts.limits;
     let io = TokioIo::new(io);
-    if h2 {
+    let conn: Conn = if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
@@ -265,15 +265,7 @@ async fn serve_io<I>(
             .max_local_error_reset_streams(Some(100))
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(10));
-        let conn: Conn = Box::pin(b.serve_connection(io, svc));
-        drive(
-            conn,
-            activity,
-            l.idle_timeout.0,
-            l.shutdown_grace.0,
-            shutdown,
-        )
-        .await;
+        Box::pin(b.serve_connection(io, svc))
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -288,16 +280,16 @@ async fn serve_io<I>(
             // Flatten head and body into one buffer: over TLS, vectored
             // writes would become one TLS record per slice.
             .writev(false);
-        let conn: Conn = Box::pin(b.serve_connection(io, svc));
-        drive(
-            conn,
-            activity,
-            l.idle_timeout.0,
-            l.shutdown_grace.0,
-            shutdown,
-        )
-        .await;
-    }
+        Box::pin(b.serve_connection(io, svc))
+    };
+    drive(
+        conn,
+        activity,
+        l.idle_timeout.0,
+        l.shutdown_grace.0,
+        shutdown,
+    )
+    .await;
 }
 
 type Conn = Pin<

@@ -169,6 +169,15 @@ impl Harness {
             .expect("TLS handshake")
     }
 
+    /// A GET to the proxy carrying `key`, for a client of one's own.
+    pub fn get_request(&self, path: &str, key: &str) -> http::Request<Full<Bytes>> {
+        http::Request::builder()
+            .uri(format!("https://localhost:{}{}", self.proxy.port(), path))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    }
+
     /// An HTTP/2-only client.
     pub fn h2_client(&self) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
         client(&self.ca_pem, true)
