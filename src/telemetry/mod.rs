@@ -3,6 +3,8 @@
 //! they are `SecretString`s or sensitive header values, neither of which
 //! formats its contents.
 
+mod json;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
@@ -39,10 +41,8 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
     // A second init (tests, the demo starting twice) keeps the first subscriber.
     let installed = match format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(json::JsonMembers)
+            .event_format(json::JsonLine)
             .try_init(),
         LogFormat::Human => builder.try_init(),
     };
