@@ -48,6 +48,10 @@ where
             return Err(Reject::BodyTooLarge);
         }
     }
+    if body.is_end_stream() {
+        // Most requests (GET, DELETE) have no body: no timer, no buffer.
+        return Ok(Bytes::new());
+    }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(Reject::BodyTimeout),
         Ok(Err(e)) => {
@@ -135,5 +139,13 @@ mod tests {
         h.insert(http::header::CONTENT_LENGTH, "999999".parse().unwrap());
         let declared = read(Full::new(Bytes::new()), &h, 3, t).await;
         assert_eq!(declared, Err(Reject::BodyTooLarge));
+        let empty = read(
+            http_body_util::Empty::<Bytes>::new(),
+            &http::HeaderMap::new(),
+            3,
+            t,
+        )
+        .await;
+        assert_eq!(empty.unwrap(), "");
     }
 }
