@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! admit (header sanity → identify → route) → read body → build upstream request → forward
-//!                                          └──────────── finish (always) ─────────────┘
+//!                                          └──────────── record (always) ─────────────┘
 //! ```
 //!
 //! [`Proxy::handle`] runs the stages over one [`RequestCtx`]. Each stage
-//! either enriches the context or returns a [`Reject`]; [`Proxy::finish`]
-//! runs for every request however it ended (metrics and the log line now,
-//! the audit record in a later issue). Stages still to come (IP filter, rate
+//! either enriches the context or returns a [`Reject`]; `Proxy::record`
+//! runs for every request however it ended — from a drop guard when the
+//! client goes away mid-request (metrics and the log line now, the audit
+//! record in a later issue). Stages still to come (IP filter, rate
 //! limit, Cedar decision) slot in between `route` and `read body`.
 
 pub mod body;
