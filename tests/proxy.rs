@@ -505,18 +505,8 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     )
     .await;
     let proxy = h.proxy;
-    let ca = h.ca_pem.clone();
+    let mut s = h.tls_stream().await;
     let in_flight = tokio::spawn(async move {
-        let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        let connector =
-            tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config(&ca, true)));
-        let mut s = connector
-            .connect(
-                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
         s.write_all(format!("GET /trader/v1/accounts HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {VIEWER}\r\n\r\n").as_bytes())
             .await
             .unwrap();
@@ -526,14 +516,7 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     });
     // Shut down only once the request is in flight (the simulator records it
     // before its 700 ms of latency), however slow the machine is.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.journal().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "request never reached the simulator"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    h.wait_for_upstream_request().await;
     h.shutdown();
     let raw = in_flight.await.unwrap();
     assert_eq!(
@@ -681,14 +664,7 @@ async fn a_request_abandoned_by_the_client_is_still_recorded() {
     let c = h.h2_client();
     let req = h.get_request("/trader/v1/accounts", VIEWER);
     let pending = tokio::spawn(async move { c.request(req).await.map(|r| r.status()) });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.journal().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "request never reached the simulator"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    h.wait_for_upstream_request().await;
     pending.abort();
     let mut text = String::new();
     for _ in 0..100 {

@@ -169,6 +169,19 @@ impl Harness {
             .expect("TLS handshake")
     }
 
+    /// Waits until the simulator has recorded a request (it records before
+    /// its configured latency), so a test can act while one is in flight.
+    pub async fn wait_for_upstream_request(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.journal().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request never reached the simulator"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A GET to the proxy carrying `key`, for a client of one's own.
     pub fn get_request(&self, path: &str, key: &str) -> http::Request<Full<Bytes>> {
         http::Request::builder()
