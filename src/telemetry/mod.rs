@@ -4,6 +4,7 @@
 //! formats its contents.
 
 mod json;
+mod writer;
 
 use std::io::IsTerminal;
 
@@ -11,28 +12,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Keeps the background log writer alive; dropping it flushes what is queued.
-pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+pub use writer::LogGuard;
 
 /// Installs the global subscriber. Lines are formatted on the calling thread
-/// and written by a background thread; when its queue is full, callers wait
-/// (no line is dropped). Hold the returned guard until exit.
-pub fn init(format: LogFormat, level: &str) -> LogGuard {
+/// and written to stderr in batches by a background thread (see
+/// [`writer`]); no line is dropped. Hold the returned guard until exit:
+/// dropping it writes what is pending. `None` when a subscriber was already
+/// installed (tests, the demo starting twice) or no thread could be started.
+pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let filter = std::env::var("PORTCULLIS_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("portcullis-log")
-        // Buffered: the writer thread flushes after each batch it drains, so
-        // under load many lines share one write(2), and at rest each line is
-        // written at once.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = writer::spawn(std::io::stderr()).ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
