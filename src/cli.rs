@@ -25,6 +25,7 @@ Examples:
   portcullis check-config config/example.yaml  # exit 0 if valid, 64 if not
   portcullis check-config --load config/example.yaml   # also read secrets and certificates
   portcullis key generate                      # a new caller key and its hash
+  portcullis policy validate policies/         # exit 0 if every policy validates, 1 if not
   portcullis sim --listen 127.0.0.1:8444       # the Schwab simulator alone
 
 Documentation: README.md and docs/ in the source tree.";
@@ -66,6 +67,23 @@ pub enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Check Cedar policies against the schema.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Parse DIR/schema.cedarschema and every *.cedar file under DIR
+    /// (subdirectories included) as one set, and validate it in strict mode.
+    /// Prints each problem as FILE:LINE: MESSAGE. Exit 0 valid, 1 invalid.
+    Validate {
+        /// Policy directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
     },
 }
 
@@ -153,6 +171,9 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Policy {
+            command: PolicyCommand::Validate { dir },
+        } => policy_validate(&dir),
         Command::Run { config } => {
             let cfg = match Config::from_file(&config, Mode::Normal) {
                 Ok(c) => c,
@@ -210,6 +231,56 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Exit code of `policy validate` (and later `policy test`) when the
+/// policies are wrong.
+pub const EXIT_POLICY_INVALID: u8 = 1;
+
+fn policy_validate(dir: &std::path::Path) -> ExitCode {
+    let files = match crate::policy::source::cedar_files_recursive(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return ExitCode::from(EXIT_POLICY_INVALID);
+        }
+    };
+    let source = crate::policy::PolicySource::Dir {
+        dir: dir.to_owned(),
+        files: files.clone(),
+    };
+    match crate::policy::PolicyBundle::load(&source) {
+        Ok(bundle) => {
+            for w in &bundle.warnings {
+                eprintln!("warning: {}", with_dir(dir, w));
+            }
+            println!(
+                "{}: OK (schema + {} policies in {} files, {})",
+                dir.display(),
+                bundle.policy_count(),
+                files.len(),
+                bundle.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(issues) => {
+            for i in &issues {
+                eprintln!("{}", with_dir(dir, i));
+            }
+            eprintln!("{}: {} problem(s); nothing is valid until all are fixed", dir.display(), issues.len());
+            ExitCode::from(EXIT_POLICY_INVALID)
+        }
+    }
+}
+
+/// An issue with its file shown as a path under `dir` (clickable in editors).
+fn with_dir(dir: &std::path::Path, i: &crate::policy::PolicyIssue) -> String {
+    let mut i = i.clone();
+    let p = dir.join(&i.file);
+    if p.exists() {
+        i.file = p.display().to_string();
+    }
+    i.to_string()
 }
 
 fn key_generate() -> ExitCode {

@@ -91,6 +91,42 @@ pub fn prepare_dir(dir: &Path) -> Result<DevCa, StartError> {
     Ok(ca)
 }
 
+/// Policy files the demo enables (the rest go to `examples/`).
+const DEMO_ENABLED: &[&str] = &[
+    "schema.cedarschema",
+    "roles.cedar",
+    "guards/max-order-quantity.cedar",
+    "guards/symbol-deny-list.cedar",
+];
+
+/// Writes the shipped policies for the demo, fresh on every start: the
+/// enabled ones at the top of `dir`, the other example guards under
+/// `dir/examples/`.
+pub fn write_policies(dir: &Path) -> Result<(), StartError> {
+    let examples = dir.join("examples");
+    let fail = |p: &Path, e: std::io::Error| StartError::Load(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(&examples).map_err(|e| fail(&examples, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))?.flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|x| x == "cedar") {
+            std::fs::remove_file(&p).map_err(|e| fail(&p, e))?;
+        }
+    }
+    for (name, text) in crate::policy::source::EMBEDDED {
+        let file = Path::new(name)
+            .file_name()
+            .map(Path::new)
+            .unwrap_or(Path::new(name));
+        let target = if DEMO_ENABLED.contains(name) {
+            dir.join(file)
+        } else {
+            examples.join(file)
+        };
+        std::fs::write(&target, text).map_err(|e| fail(&target, e))?;
+    }
+    Ok(())
+}
+
 /// A running demo (for tests): addresses and the simulator.
 pub struct DemoHandle {
     pub proxy: SocketAddr,
@@ -153,6 +189,7 @@ pub async fn start_with(
     write_private(&token_path, token.as_bytes())
         .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
 
+    write_policies(&opts.dir.join("policies"))?;
     let mut cfg = demo_config(opts, sim_addr)?;
     customize(&mut cfg);
     let sim_opts = ServeOptions {
@@ -216,6 +253,7 @@ portcullis demo is running.
   proxy      https://{p}   (trust {ca})
   simulator  https://{sim}   (stand-in for api.schwabapi.com)
   admin      http://{admin}/metrics  /healthz  /readyz
+  policies   {policies}   (edit and save: reloaded within 2 s)
 
   demo keys (Authorization: Bearer <key>):
     demo-viewer-key       Viewer
@@ -239,8 +277,12 @@ Try it:
     -d '{{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{{"instruction":"BUY","instrument":{{"assetType":"EQUITY","symbol":"AAPL"}},"quantity":10}}]}}' \
     https://{p}/trader/v1/accounts/{hash}/orders
 
+  # denied by policy: more than 100 shares (or GME, or the cash account)
+  #   same command with "quantity":500  →  403 {{"error":"forbidden","reason":"order_quantity_limit",…}}
+
 Press Ctrl-C to stop.
 "#,
+        policies = dir.join("policies").display(),
         sim = h.sim_addr,
         admin = h.admin,
     )

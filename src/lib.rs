@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod keys;
 pub mod pipeline;
+pub mod policy;
 pub mod reject;
 pub mod server;
 pub mod sim;
@@ -150,6 +151,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         admin::metrics::Metrics::new()
             .map_err(|e| StartError::Internal(format!("metrics: {e}")))?,
     );
+    let engine = load_policies(config, &routes)?;
+    metrics.set_policy_hash(&engine.current().bundle.hash);
     let proxy = Arc::new(Proxy {
         routes,
         identities: Identities::from_config(&config.callers),
@@ -157,8 +160,39 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         upstream_authorization,
         limits: config.limits.clone(),
         metrics,
+        policy: Arc::new(engine),
+        environment: config.environment,
     });
     Ok(Prepared { proxy, tls })
+}
+
+/// Loads and validates the policy set and the entities, and checks that
+/// every route's action is declared in the schema.
+fn load_policies(config: &Config, routes: &RouteTable) -> Result<policy::Engine, StartError> {
+    let source = policy::source_from_config(config);
+    let as_config_error = |source: &policy::PolicySource, issues: Vec<policy::PolicyIssue>| {
+        StartError::Config(ConfigError {
+            source_name: format!("policies ({source})"),
+            issues: issues
+                .into_iter()
+                .map(|i| ConfigIssue {
+                    key: i.file,
+                    message: i.message,
+                    line: i.line,
+                })
+                .collect(),
+        })
+    };
+    let engine = policy::Engine::load(source.clone(), policy::Directory::from_config(config))
+        .map_err(|i| as_config_error(&source, i))?;
+    let issues = policy::check_route_actions(
+        &engine.current(),
+        routes.routes.iter().map(|r| &*r.action),
+    );
+    if !issues.is_empty() {
+        return Err(as_config_error(&source, issues));
+    }
+    Ok(engine)
 }
 
 /// Runs the proxy on already-bound listeners until `shutdown` fires, then
@@ -188,7 +222,9 @@ pub async fn serve_prepared(
     let admin = Arc::new(admin::Admin {
         metrics: proxy.metrics.clone(),
         ready: AtomicBool::new(false),
+        proxy: proxy.clone(),
     });
+    spawn_policy_reloaders(&config, &proxy, &shutdown);
 
     let mut tasks = Vec::new();
     for (listener, tls) in listeners.proxy.into_iter().zip(prepared.tls) {
@@ -218,9 +254,9 @@ pub async fn serve_prepared(
         tracing::info!(address = %addr, "admin listening");
     }
     let a = admin.clone();
-    let admin_handler: Handler = Arc::new(move |req, _peer| {
+    let admin_handler: Handler = Arc::new(move |req, peer| {
         let a = a.clone();
-        Box::pin(async move { Ok(a.handle(&req)) })
+        Box::pin(async move { Ok(a.handle(req, peer).await) })
     });
     let admin_opts = ServeOptions {
         kind: "admin",
@@ -244,6 +280,79 @@ pub async fn serve_prepared(
     admin.ready.store(false, Ordering::Release);
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+/// Policy reload triggers besides the admin endpoint: SIGHUP, and (with
+/// `policies.watch`) a change to the files, polled every 2 seconds. Both
+/// stop at shutdown. Reloads run on the blocking pool, so parsing a large
+/// set never stalls request handling.
+fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdown) {
+    let reload = |proxy: Arc<Proxy>, trigger: &'static str| async move {
+        let p = proxy.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            policy::reload_and_report(&p.policy, &p.metrics, trigger)
+        })
+        .await;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let proxy = proxy.clone();
+        let mut stop = shutdown.clone();
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.wait() => return,
+                            got = hup.recv() => {
+                                if got.is_none() { return; }
+                                reload(proxy.clone(), "sighup").await;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "SIGHUP handler not installed; reload with the admin endpoint"),
+        }
+    }
+    if config.policies.watch && proxy.policy.source.dir().is_some() {
+        let proxy = proxy.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let fingerprint = |p: Arc<Proxy>| async move {
+                tokio::task::spawn_blocking(move || p.policy.source.fingerprint())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            // Compared with the active set's hash (same scheme), not with
+            // the previous poll: a change made while the set was loading is
+            // still seen. A broken state is tried once, not every tick.
+            let mut failed: Option<String> = None;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(now) = fingerprint(proxy.clone()).await else {
+                    continue;
+                };
+                if now == proxy.policy.current().bundle.hash || failed.as_ref() == Some(&now) {
+                    continue;
+                }
+                let p = proxy.clone();
+                let ok = tokio::task::spawn_blocking(move || {
+                    policy::reload_and_report(&p.policy, &p.metrics, "file_change").is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                failed = if ok { None } else { Some(now) };
+            }
+        });
+    }
 }
 
 /// Checks a configuration the way `run` would, without listening. With

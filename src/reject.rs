@@ -21,6 +21,11 @@ pub enum Reject {
     BadRequest(BadRequest),
     /// No route matches (never forwarded).
     NoRoute,
+    /// Denied by policy; the decision's reason code goes in the body.
+    Forbidden,
+    /// An order body the proxy will not judge (and so never forwards); the
+    /// code is the parser's (`duplicate_key`, `bad_content_type`, …).
+    BadOrder(&'static str),
     BodyTooLarge,
     BodyTimeout,
     /// The upstream could not be reached or failed mid-response.
@@ -48,6 +53,8 @@ impl Reject {
             Reject::Unauthenticated => StatusCode::UNAUTHORIZED,
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
             Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
+            Reject::BadOrder(_) => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -68,6 +75,8 @@ impl Reject {
             Reject::BadRequest(BadRequest::BadBody) => "bad_body",
             Reject::BadRequest(BadRequest::MethodOverride) => "method_override",
             Reject::NoRoute => "no_route",
+            Reject::Forbidden => "forbidden",
+            Reject::BadOrder(code) => code,
             Reject::BodyTooLarge => "body_too_large",
             Reject::BodyTimeout => "body_timeout",
             Reject::UpstreamUnavailable => "upstream_unavailable",
@@ -91,6 +100,8 @@ impl Reject {
                 "method-override headers are not accepted; use the real method"
             }
             Reject::NoRoute => "no such endpoint",
+            Reject::Forbidden => "denied by policy",
+            Reject::BadOrder(_) => "the order body is not valid",
             Reject::BodyTooLarge => "the request body is too large",
             Reject::BodyTimeout => "the request body was not received in time",
             Reject::UpstreamUnavailable => "the broker API could not be reached",
@@ -102,6 +113,26 @@ impl Reject {
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
         error_response(self.status(), self.code(), self.message(), request_id)
+    }
+
+    /// The response with request-specific detail: a policy denial's reason
+    /// code (`reason`), or the order parser's message naming the field.
+    /// Both are produced by the proxy, never copied from policy text.
+    pub fn into_detailed_response(
+        self,
+        request_id: &str,
+        reason: Option<&str>,
+        detail: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let mut body = serde_json::json!({
+            "error": self.code(),
+            "message": detail.unwrap_or(self.message()),
+            "request_id": request_id,
+        });
+        if let (Some(r), Some(obj)) = (reason, body.as_object_mut()) {
+            obj.insert("reason".into(), serde_json::Value::from(r));
+        }
+        json_response(self.status(), body, request_id)
     }
 }
 
@@ -118,6 +149,14 @@ pub fn error_response(
         "message": message,
         "request_id": request_id,
     });
+    json_response(status, body, request_id)
+}
+
+fn json_response(
+    status: StatusCode,
+    body: serde_json::Value,
+    request_id: &str,
+) -> Response<ProxyBody> {
     let bytes = Bytes::from(body.to_string());
     let mut resp = Response::new(crate::pipeline::body::full(bytes));
     *resp.status_mut() = status;
@@ -154,6 +193,8 @@ mod tests {
             Reject::BadRequest(BadRequest::BadBody),
             Reject::BadRequest(BadRequest::MethodOverride),
             Reject::NoRoute,
+            Reject::Forbidden,
+            Reject::BadOrder("duplicate_key"),
             Reject::BodyTooLarge,
             Reject::BodyTimeout,
             Reject::UpstreamUnavailable,

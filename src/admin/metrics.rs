@@ -17,6 +17,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub open_connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub shadow_disagreements: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_info: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +75,34 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "policy_decisions_total",
+                "Authorization decisions, by action and decision (allow / deny)",
+            ),
+            &["action", "decision"],
+        )?;
+        let shadow_disagreements = IntCounterVec::new(
+            Opts::new(
+                "policy_shadow_disagreements_total",
+                "Requests where the shadow (candidate) policy set decided differently, by action and the shadow's decision",
+            ),
+            &["action", "shadow_decision"],
+        )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "policy_reload_total",
+                "Policy reload attempts, by result (applied / unchanged / failed)",
+            ),
+            &["result"],
+        )?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "policy_set_info",
+                "The active policy set: 1 for the content hash in force",
+            ),
+            &["hash"],
+        )?;
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -81,6 +113,10 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(open_connections.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(decisions.clone()),
+            Box::new(shadow_disagreements.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(policy_info.clone()),
             Box::new(build),
         ] {
             registry.register(c)?;
@@ -94,6 +130,10 @@ impl Metrics {
             in_flight,
             open_connections,
             connections_refused,
+            decisions,
+            shadow_disagreements,
+            policy_reloads,
+            policy_info,
         })
     }
 
@@ -109,6 +149,14 @@ impl Metrics {
             buf.clear();
         }
         buf
+    }
+}
+
+impl Metrics {
+    /// Marks `hash` as the active policy set (and only it).
+    pub fn set_policy_hash(&self, hash: &str) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[hash]).set(1);
     }
 }
 

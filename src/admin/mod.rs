@@ -1,25 +1,34 @@
-//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`. Plain HTTP,
-//! loopback by default. Later issues add reload, status and the kill switch.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and
+//! `POST /policies/reload` (a caller key whose role may `ReloadPolicies`).
+//! Plain HTTP, loopback by default. Later issues add status and the kill
+//! switch.
 
 pub mod metrics;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Request, Response, StatusCode, header};
 
+use crate::pipeline::Proxy;
 use crate::pipeline::body::{ProxyBody, full};
-use crate::reject::error_response;
+use crate::policy::{DecisionInput, Resource};
+use crate::reject::{Reject, error_response};
 
 pub struct Admin {
     pub metrics: Arc<metrics::Metrics>,
     /// True once every listener is up and the upstream credential is loaded.
     pub ready: AtomicBool,
+    pub proxy: Arc<Proxy>,
 }
 
 impl Admin {
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
         let path = req.uri().path();
+        if path == "/policies/reload" {
+            return self.reload(&req, peer).await;
+        }
         if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -39,18 +48,91 @@ impl Admin {
             }
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
             "/readyz" => {
-                if self.ready.load(Ordering::Acquire) {
-                    json(StatusCode::OK, r#"{"ready":true}"#)
+                let ready = self.ready.load(Ordering::Acquire);
+                let active = self.proxy.policy.current();
+                let body = serde_json::json!({
+                    "ready": ready,
+                    "policy_hash": active.bundle.hash,
+                    "policies": active.bundle.policy_count(),
+                });
+                let status = if ready {
+                    StatusCode::OK
                 } else {
-                    json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#)
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(status, body.to_string())
             }
             _ => error_response(StatusCode::NOT_FOUND, "no_route", "no such endpoint", "-"),
         }
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+impl Admin {
+    /// `POST /policies/reload`: the caller is identified by its key and the
+    /// reload is itself a Cedar decision (`ReloadPolicies` on the proxy).
+    async fn reload<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
+        let rid = crate::pipeline::new_request_id();
+        if req.method() != http::Method::POST {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+                &rid,
+            );
+        }
+        let caller = match self.proxy.identities.identify(req.headers()) {
+            Ok(c) => c,
+            Err(r) => return r.into_response(&rid),
+        };
+        let decision = self.proxy.policy.decide(&DecisionInput {
+            caller: &caller.id,
+            action: "ReloadPolicies",
+            resource: Resource::Proxy,
+            client_ip: peer.ip(),
+            time: time::OffsetDateTime::now_utc(),
+            mfa: false,
+            environment: self.proxy.environment.as_str(),
+            session_id: &rid,
+            order: None,
+        });
+        self.metrics
+            .decisions
+            .with_label_values(&[
+                "ReloadPolicies",
+                if decision.allowed { "allow" } else { "deny" },
+            ])
+            .inc();
+        tracing::info!(caller = %caller.id, allowed = decision.allowed, policies = %decision.policies.join(","), "policy reload requested");
+        if !decision.allowed {
+            return Reject::Forbidden.into_detailed_response(&rid, decision.reason.as_deref(), None);
+        }
+        let p = self.proxy.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::policy::reload_and_report(&p.policy, &p.metrics, "admin")
+        })
+        .await;
+        match result {
+            Ok(Ok(r)) => json(
+                StatusCode::OK,
+                serde_json::json!({"reloaded": r.changed, "policy_hash": r.hash, "request_id": rid})
+                    .to_string(),
+            ),
+            Ok(Err(issues)) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({
+                    "error": "policy_invalid",
+                    "message": "the new policy set was not applied; the previous set stays in force",
+                    "issues": issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    "request_id": rid,
+                })
+                .to_string(),
+            ),
+            Err(_) => Reject::Internal.into_response(&rid),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

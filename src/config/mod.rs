@@ -34,8 +34,69 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub callers: Vec<CallerConfig>,
+    /// The broker accounts callers may be assigned (Cedar `Account` entities).
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// Where the Cedar policies come from.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
+    /// Which environment this proxy serves; policies see it as
+    /// `context.environment`.
+    #[serde(default)]
+    pub environment: Environment,
     #[serde(default)]
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Development,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Short name used in `callers[].accounts`, logs and policies.
+    pub name: String,
+    /// Schwab's account hash (`hashValue` from `/accounts/accountNumbers`).
+    pub hash: String,
+    /// Environment of the account, as policies see it (`resource.environment`).
+    #[serde(default)]
+    pub environment: Environment,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directory holding `schema.cedarschema` and the policy files. Absent:
+    /// the shipped schema and role policies compiled into the binary.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Policy files to load, relative to `dir`. Empty: every `*.cedar`
+    /// file directly in `dir` (not in subdirectories).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Re-read the files when they change (polled every 2 s).
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,8 +275,16 @@ fn default_h2_streams() -> u32 {
     100
 }
 
-/// The four roles of the security guidelines. Authorization by role arrives
-/// with the Cedar policies; the role is recorded from day one.
+/// Caller ids and account names: they appear in Cedar entity ids, logs and
+/// audit records, so keep them plain.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+/// The four roles of the security guidelines; each caller is a member of
+/// its role's Cedar entity (see policies/roles.cedar).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum Role {
     Viewer,
@@ -243,6 +312,9 @@ pub struct CallerConfig {
     pub role: Role,
     /// `sha256:<64 hex>` hashes of the caller's API keys (`portcullis key generate`).
     pub key_hashes: Vec<String>,
+    /// Names (from `accounts[]`) of the accounts this caller may act on.
+    #[serde(default)]
+    pub accounts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -551,12 +623,7 @@ impl Config {
         let demo_hashes = crate::keys::demo_key_hashes();
         let mut seen_hashes: Vec<[u8; 32]> = Vec::new();
         for (i, c) in self.callers.iter().enumerate() {
-            let valid_id = !c.id.is_empty()
-                && c.id.len() <= 64
-                && c.id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
-            if !valid_id {
+            if !valid_name(&c.id) {
                 issue(
                     format!("callers[{i}].id"),
                     "must be 1-64 characters of letters, digits, `.`, `_`, `-`, `@`".into(),
@@ -598,6 +665,61 @@ impl Config {
                     }
                 }
             }
+        }
+
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !valid_name(&a.name) {
+                issue(
+                    format!("accounts[{i}].name"),
+                    "must be 1-64 characters of letters, digits, `.`, `_`, `-`, `@`".into(),
+                );
+            }
+            if self.accounts[..i].iter().any(|o| o.name == a.name) {
+                issue(
+                    format!("accounts[{i}].name"),
+                    format!("account `{}` is defined twice", a.name),
+                );
+            }
+            if !(1..=128).contains(&a.hash.len()) || !a.hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                issue(
+                    format!("accounts[{i}].hash"),
+                    "must be the account's hashValue (letters and digits) from \
+                     /trader/v1/accounts/accountNumbers, not the account number"
+                        .into(),
+                );
+            }
+            if self.accounts[..i].iter().any(|o| o.hash == a.hash) {
+                issue(
+                    format!("accounts[{i}].hash"),
+                    "the same account hash is listed twice".into(),
+                );
+            }
+        }
+        for (i, c) in self.callers.iter().enumerate() {
+            for (j, name) in c.accounts.iter().enumerate() {
+                if !self.accounts.iter().any(|a| &a.name == name) {
+                    issue(
+                        format!("callers[{i}].accounts[{j}]"),
+                        format!("no account named `{name}` in `accounts`"),
+                    );
+                }
+            }
+        }
+        for (i, f) in self.policies.files.iter().enumerate() {
+            let escapes = f.is_absolute()
+                || f.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if escapes {
+                issue(
+                    format!("policies.files[{i}]"),
+                    "must be a relative path inside policies.dir, without `..`".into(),
+                );
+            }
+        }
+        if self.policies.dir.is_none() && !self.policies.files.is_empty() {
+            issue(
+                "policies.files".into(),
+                "needs policies.dir (the files are relative to it)".into(),
+            );
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {

@@ -94,6 +94,7 @@ mod tests {
             id: "bot".into(),
             role: Role::Trader,
             key_hashes: vec![format!("sha256:{}", keys::hash_key_hex("k-1"))],
+            accounts: Vec::new(),
         }])
     }
 

@@ -1,8 +1,8 @@
 //! The request path, in one place:
 //!
 //! ```text
-//! admit (header sanity → identify → route) → read body → build upstream request → forward
-//!                                          └──────────── record (always) ─────────────┘
+//! admit (header sanity → identify → route) → read body → parse order → decide (Cedar)
+//!   → build upstream request → forward          └──── record (always) ────┘
 //! ```
 //!
 //! [`Proxy::handle`] runs the stages over one [`RequestCtx`]. Each stage
@@ -10,11 +10,12 @@
 //! runs for every request however it ended — from a drop guard when the
 //! client goes away mid-request (metrics and the log line now, the audit
 //! record in a later issue). Stages still to come (IP filter, rate
-//! limit, Cedar decision) slot in between `route` and `read body`.
+//! limit) slot in between `route` and `read body`.
 
 pub mod body;
 pub mod headers;
 pub mod identity;
+pub mod order;
 pub mod route;
 pub mod upstream;
 
@@ -28,7 +29,8 @@ use http_body_util::Full;
 use tracing::Instrument;
 
 use crate::admin::metrics::{Metrics, status_class};
-use crate::config::Limits;
+use crate::config::{Environment, Limits};
+use crate::policy::{Decision, DecisionInput, Engine, Resource};
 use crate::reject::{BadRequest, Reject};
 use body::{BoxError, ProxyBody};
 use identity::{Caller, Identities};
@@ -45,7 +47,13 @@ pub struct RequestCtx {
     pub route: Option<RouteMatch>,
     pub upstream_status: Option<StatusCode>,
     pub upstream_latency: Option<Duration>,
+    /// The order facts Cedar judged (order actions only).
+    pub order: Option<order::OrderSummary>,
+    /// The authorization decision, once made.
+    pub decision: Option<Decision>,
     pub rejected: Option<Reject>,
+    /// Request-specific text for the error body (the order parser's message).
+    pub detail: Option<String>,
 }
 
 impl RequestCtx {
@@ -58,7 +66,10 @@ impl RequestCtx {
             route: None,
             upstream_status: None,
             upstream_latency: None,
+            order: None,
+            decision: None,
             rejected: None,
+            detail: None,
         }
     }
 }
@@ -93,6 +104,8 @@ pub struct Proxy {
     pub upstream_authorization: HeaderValue,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    pub policy: Arc<Engine>,
+    pub environment: Environment,
 }
 
 impl Proxy {
@@ -122,7 +135,12 @@ impl Proxy {
             Ok(r) => r,
             Err(rej) => {
                 done.ctx.rejected = Some(rej);
-                rej.into_response(&done.ctx.request_id)
+                let ctx = &done.ctx;
+                let reason = match rej {
+                    Reject::Forbidden => ctx.decision.as_ref().and_then(|d| d.reason.as_deref()),
+                    _ => None,
+                };
+                rej.into_detailed_response(&ctx.request_id, reason, ctx.detail.as_deref())
             }
         };
         done.finished = true;
@@ -143,6 +161,8 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         self.admit(ctx, &parts)?;
         let body = self.read_body(ctx, &parts.headers, body).await?;
+        self.parse_order(ctx, &parts.headers, &body)?;
+        self.decide(ctx)?;
         let upstream_req = self.build_upstream_request(ctx, &parts, body)?;
         let (mut resp, latency) = self.upstream.send(upstream_req).await?;
         ctx.upstream_status = Some(resp.status());
@@ -192,6 +212,69 @@ impl Proxy {
             return Err(Reject::BadRequest(BadRequest::BodyNotAllowed));
         }
         Ok(bytes)
+    }
+
+    /// Order routes: the body must be an order the proxy can judge. The
+    /// bytes parsed here are the bytes forwarded.
+    fn parse_order(
+        &self,
+        ctx: &mut RequestCtx,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+    ) -> Result<(), Reject> {
+        let takes_order = ctx
+            .route
+            .as_ref()
+            .is_some_and(|m| self.routes.get(m).body == BodyKind::Json);
+        if !takes_order {
+            return Ok(());
+        }
+        let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        match order::parse_order(content_type, body) {
+            Ok(o) => {
+                ctx.order = Some(o);
+                Ok(())
+            }
+            Err(e) => {
+                ctx.detail = Some(e.message());
+                Err(Reject::BadOrder(e.code()))
+            }
+        }
+    }
+
+    /// Asks Cedar. Anything but an explicit allow is a 403.
+    pub fn decide(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let (Some(m), Some(caller)) = (&ctx.route, &ctx.caller) else {
+            return Err(Reject::Internal);
+        };
+        let route = self.routes.get(m);
+        let resource = match route.resource.and_then(|i| m.params.get(i)) {
+            Some((_, hash)) if route.resource_is_account => Resource::Account(hash),
+            _ => Resource::Api,
+        };
+        let input = DecisionInput {
+            caller: &caller.id,
+            action: &route.action,
+            resource,
+            client_ip: ctx.peer.ip(),
+            time: time::OffsetDateTime::now_utc(),
+            mfa: false,
+            environment: self.environment.as_str(),
+            session_id: &ctx.request_id,
+            order: ctx.order.as_ref(),
+        };
+        let decision = self.policy.decide(&input);
+        let allowed = decision.allowed;
+        self.metrics
+            .decisions
+            .with_label_values(&[&*route.action, if allowed { "allow" } else { "deny" }])
+            .inc();
+        ctx.decision = Some(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Reject::Forbidden)
+        }
     }
 
     /// Builds the request that goes upstream: the raw target, the cleaned
@@ -262,6 +345,9 @@ impl Proxy {
             status = status.as_u16(),
             upstream_status = ctx.upstream_status.map(|s| s.as_u16()),
             reason = ctx.rejected.map(|r| r.code()),
+            decision = ctx.decision.as_ref().map(|d| if d.allowed { "allow" } else { "deny" }),
+            deny_reason = ctx.decision.as_ref().and_then(|d| d.reason.as_deref()),
+            policies = ctx.decision.as_ref().map(|d| d.policies.join(",")).filter(|p| !p.is_empty()),
             cancelled,
             latency_us = elapsed.as_micros() as u64,
             upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),

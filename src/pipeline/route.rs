@@ -194,6 +194,9 @@ pub struct Route {
     pub action: Arc<str>,
     /// Index into the match's params of the resource parameter.
     pub resource: Option<usize>,
+    /// The resource parameter is an account hash: Cedar's resource is that
+    /// `Account`; otherwise it is the API as a whole.
+    pub resource_is_account: bool,
     pub mutates: bool,
     pub body: BodyKind,
     trailing_slash: bool,
@@ -306,6 +309,17 @@ impl RouteTable {
                     idx
                 }
             };
+            let resource_is_account = resource
+                .and_then(|i| {
+                    segments
+                        .iter()
+                        .filter_map(|s| match s {
+                            Segment::Param { ty, .. } => Some(ty),
+                            Segment::Literal(_) => None,
+                        })
+                        .nth(i)
+                })
+                .is_some_and(|ty| *ty == ParamType::AccountHash);
             if r.body == BodyKind::Json && !matches!(r.method, Method::POST | Method::PUT) {
                 issue("body", "only POST and PUT routes carry a body".into());
             }
@@ -321,6 +335,7 @@ impl RouteTable {
                 method: r.method,
                 action: Arc::from(r.action.as_str()),
                 resource,
+                resource_is_account,
                 mutates: r.mutates,
                 body: r.body,
                 trailing_slash: r.trailing_slash,

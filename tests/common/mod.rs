@@ -25,6 +25,8 @@ use tokio_rustls::TlsConnector;
 
 pub const VIEWER: &str = "demo-viewer-key";
 pub const TRADER: &str = "demo-trader-key";
+pub const ADMIN: &str = "demo-admin-key";
+pub const SUPERADMIN: &str = "demo-superadmin-key";
 
 pub struct Harness {
     pub proxy: SocketAddr,
@@ -148,6 +150,26 @@ impl Harness {
         )
         .await;
         parse_raw(&resp)
+    }
+
+    /// POST on the admin listener with a caller key.
+    pub async fn admin_post(&self, path: &str, key: Option<&str>) -> Reply {
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let resp = raw_plain(
+            self.admin,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        parse_raw(&resp)
+    }
+
+    /// The demo's live policy directory (the proxy watches it).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("demo").join("policies")
     }
 
     /// Writes raw bytes over TLS to the proxy and reads until the server closes

@@ -1,0 +1,173 @@
+//! Turning one request into a Cedar principal, action, resource and
+//! context (the shape is `policies/schema.cedarschema`).
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use time::OffsetDateTime;
+
+use super::clock;
+use crate::pipeline::order::OrderSummary;
+
+/// What a request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// A per-account endpoint: the Schwab account hash from the path.
+    Account(&'a str),
+    /// Market data and app-wide reads.
+    Api,
+    /// Administration of the proxy.
+    Proxy,
+}
+
+/// Everything a decision depends on.
+#[derive(Debug, Clone)]
+pub struct DecisionInput<'a> {
+    pub caller: &'a str,
+    pub action: &'a str,
+    pub resource: Resource<'a>,
+    pub client_ip: IpAddr,
+    pub time: OffsetDateTime,
+    pub mfa: bool,
+    pub environment: &'a str,
+    pub session_id: &'a str,
+    pub order: Option<&'a OrderSummary>,
+}
+
+pub const API_ID: &str = "schwab";
+pub const PROXY_ID: &str = "portcullis";
+
+/// Entity type names, parsed once per policy set.
+pub struct Types {
+    caller: EntityTypeName,
+    action: EntityTypeName,
+    account: EntityTypeName,
+    api: EntityTypeName,
+    proxy: EntityTypeName,
+}
+
+impl Types {
+    pub fn new() -> Result<Types, String> {
+        let t = |n: &str| EntityTypeName::from_str(n).map_err(|e| e.to_string());
+        Ok(Types {
+            caller: t("Caller")?,
+            action: t("Action")?,
+            account: t("Account")?,
+            api: t("Api")?,
+            proxy: t("Proxy")?,
+        })
+    }
+
+    pub fn parts(
+        &self,
+        input: &DecisionInput<'_>,
+    ) -> Result<(EntityUid, EntityUid, EntityUid, Context), String> {
+        let uid =
+            |t: &EntityTypeName, id: &str| EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id));
+        let principal = uid(&self.caller, input.caller);
+        let action = uid(&self.action, input.action);
+        let resource = match input.resource {
+            Resource::Account(hash) => uid(&self.account, hash),
+            Resource::Api => uid(&self.api, API_ID),
+            Resource::Proxy => uid(&self.proxy, PROXY_ID),
+        };
+        Ok((principal, action, resource, context(input)?))
+    }
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn string_set(items: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.iter().map(|s| string(s)))
+}
+
+fn long(n: i64) -> RestrictedExpression {
+    RestrictedExpression::new_long(n)
+}
+
+fn record(
+    pairs: Vec<(&str, RestrictedExpression)>,
+) -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .map_err(|e| e.to_string())
+}
+
+fn context(input: &DecisionInput<'_>) -> Result<Context, String> {
+    let (weekday, minute) = clock::market_clock(input.time);
+    // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; policies
+    // are written with IPv4 ranges.
+    let ip = input.client_ip.to_canonical();
+    let mut pairs: Vec<(String, RestrictedExpression)> = vec![
+        ("client_ip".into(), RestrictedExpression::new_ip(ip.to_string())),
+        (
+            "time".into(),
+            RestrictedExpression::new_datetime(clock::cedar_datetime(input.time)),
+        ),
+        (
+            "market_clock".into(),
+            record(vec![("weekday", long(weekday)), ("minute", long(minute))])?,
+        ),
+        ("mfa".into(), RestrictedExpression::new_bool(input.mfa)),
+        ("environment".into(), string(input.environment)),
+        ("session_id".into(), string(input.session_id)),
+    ];
+    if let Some(o) = input.order {
+        pairs.push(("order".into(), order_record(o)?));
+    }
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+fn order_record(o: &OrderSummary) -> Result<RestrictedExpression, String> {
+    let count = |n: usize| long(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut legs = Vec::with_capacity(o.legs.len());
+    for l in &o.legs {
+        legs.push(record(vec![
+            ("symbol", string(&l.symbol)),
+            ("instruction", string(&l.instruction)),
+            ("quantity", long(l.quantity)),
+            ("asset_type", string(&l.asset_type)),
+        ])?);
+    }
+    let mut pairs = vec![
+        ("strategy", string(&o.strategy)),
+        ("strategies", string_set(&o.strategies)),
+        ("order_types", string_set(&o.order_types)),
+        ("legs", RestrictedExpression::new_set(legs)),
+        ("leg_count", count(o.legs.len())),
+        ("order_count", count(o.order_count)),
+        ("max_quantity", long(o.max_quantity)),
+        ("total_quantity", long(o.total_quantity)),
+        ("symbols", string_set(&o.symbols)),
+        ("instructions", string_set(&o.instructions)),
+        ("asset_types", string_set(&o.asset_types)),
+    ];
+    let optional = [
+        ("order_type", o.order_type.as_deref().map(string)),
+        ("duration", o.duration.as_deref().map(string)),
+        ("session", o.session.as_deref().map(string)),
+        ("complex_strategy", o.complex_strategy.as_deref().map(string)),
+        (
+            "price",
+            o.price.map(|p| RestrictedExpression::new_decimal(p.to_string())),
+        ),
+        (
+            "stop_price",
+            o.stop_price
+                .map(|p| RestrictedExpression::new_decimal(p.to_string())),
+        ),
+        (
+            "notional",
+            o.notional
+                .map(|p| RestrictedExpression::new_decimal(p.to_string())),
+        ),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            pairs.push((k, v));
+        }
+    }
+    record(pairs)
+}

@@ -1,0 +1,415 @@
+//! Cedar authorization: load and validate a policy set, build the entities
+//! from the configuration, decide one request, swap in a new set on reload.
+//!
+//! Fail closed everywhere: a set that does not parse or validate against
+//! the schema never goes live (the old one keeps serving), and a decision
+//! whose evaluation produced any error is a deny — Cedar itself would skip
+//! an erroring `forbid` and might then allow.
+
+pub mod clock;
+pub mod context;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use cedar_policy::{
+    Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema,
+};
+
+use crate::config::{Config, Environment, Role};
+pub use context::{DecisionInput, Resource};
+pub use source::{PolicyIssue, PolicySource};
+
+/// The outcome of one authorization decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Ids (`@id`) of the policies that determined the decision.
+    pub policies: Vec<String>,
+    /// Stable code for a deny (the 403 body's `reason`); `None` when allowed.
+    pub reason: Option<Arc<str>>,
+}
+
+impl Decision {
+    fn deny(reason: &str, policies: Vec<String>) -> Decision {
+        Decision {
+            allowed: false,
+            policies,
+            reason: Some(Arc::from(reason)),
+        }
+    }
+}
+
+/// Reason codes the engine itself produces (policies add their own with
+/// `@reason`).
+pub const REASON_NOT_PERMITTED: &str = "not_permitted";
+pub const REASON_POLICY_DENIED: &str = "policy_denied";
+pub const REASON_POLICY_ERROR: &str = "policy_error";
+
+/// A validated policy set with the schema it was checked against.
+pub struct PolicyBundle {
+    pub schema: Schema,
+    pub set: PolicySet,
+    /// `sha256:<hex>` over the schema and every policy file (names and bytes).
+    pub hash: String,
+    /// `@reason` of each forbid policy that has one.
+    reasons: HashMap<PolicyId, Arc<str>>,
+    /// Which file each policy came from, for messages.
+    pub files: BTreeMap<String, String>,
+    pub warnings: Vec<PolicyIssue>,
+}
+
+impl PolicyBundle {
+    pub fn policy_count(&self) -> usize {
+        self.set.policies().count()
+    }
+
+    /// Parses and validates every file of `src` (strict mode). All problems
+    /// are returned, each with its file and line where Cedar knows it.
+    pub fn load(src: &PolicySource) -> Result<PolicyBundle, Vec<PolicyIssue>> {
+        let files = src.read()?;
+        source::build(files)
+    }
+}
+
+/// Who the callers are, as Cedar entities: each caller a member of its
+/// role, with the accounts assigned to it. Built from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    callers: Vec<(String, Role, Vec<String>)>,
+    /// (hash, name, environment)
+    accounts: Vec<(String, String, Environment)>,
+}
+
+impl Directory {
+    pub fn from_config(config: &Config) -> Directory {
+        let hash_of = |name: &String| {
+            config
+                .accounts
+                .iter()
+                .find(|a| &a.name == name)
+                .map(|a| a.hash.clone())
+        };
+        Directory {
+            callers: config
+                .callers
+                .iter()
+                .map(|c| {
+                    let accounts = c.accounts.iter().filter_map(hash_of).collect();
+                    (c.id.clone(), c.role, accounts)
+                })
+                .collect(),
+            accounts: config
+                .accounts
+                .iter()
+                .map(|a| (a.hash.clone(), a.name.clone(), a.environment))
+                .collect(),
+        }
+    }
+
+    /// The Cedar entities, checked against the schema.
+    pub fn entities(&self, schema: &Schema) -> Result<Entities, String> {
+        let ty = |t: &str| EntityTypeName::from_str(t).map_err(|e| e.to_string());
+        let (role_t, caller_t, account_t) = (ty("Role")?, ty("Caller")?, ty("Account")?);
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+        };
+        let mut out = Vec::new();
+        // Roles nest so that permissions are inherited upwards.
+        let chain = [
+            Role::Viewer,
+            Role::Trader,
+            Role::Admin,
+            Role::SuperAdmin,
+        ];
+        for (i, r) in chain.iter().enumerate() {
+            let parents: HashSet<EntityUid> = i
+                .checked_sub(1)
+                .and_then(|p| chain.get(p))
+                .map(|p| uid(&role_t, p.as_str()))
+                .into_iter()
+                .collect();
+            out.push(
+                Entity::new(uid(&role_t, r.as_str()), HashMap::new(), parents)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        for (hash, name, env) in &self.accounts {
+            let attrs = HashMap::from([
+                ("name".to_owned(), RestrictedExpression::new_string(name.clone())),
+                (
+                    "environment".to_owned(),
+                    RestrictedExpression::new_string(env.as_str().to_owned()),
+                ),
+            ]);
+            out.push(
+                Entity::new(uid(&account_t, hash), attrs, HashSet::new())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        for (id, role, accounts) in &self.callers {
+            let set = RestrictedExpression::new_set(
+                accounts
+                    .iter()
+                    .map(|h| RestrictedExpression::new_entity_uid(uid(&account_t, h))),
+            );
+            let attrs = HashMap::from([("accounts".to_owned(), set)]);
+            let parents = HashSet::from([uid(&role_t, role.as_str())]);
+            out.push(Entity::new(uid(&caller_t, id), attrs, parents).map_err(|e| e.to_string())?);
+        }
+        Entities::from_entities(out, Some(schema)).map_err(|e| e.to_string())
+    }
+}
+
+/// What is live: the policy set and the entities, swapped together.
+pub struct Active {
+    pub bundle: PolicyBundle,
+    entities: Entities,
+    /// Entity type names, parsed once.
+    types: context::Types,
+}
+
+impl Active {
+    pub fn new(bundle: PolicyBundle, directory: &Directory) -> Result<Active, Vec<PolicyIssue>> {
+        let entities = directory.entities(&bundle.schema).map_err(|e| {
+            vec![PolicyIssue {
+                file: "configuration (callers / accounts)".into(),
+                line: None,
+                message: format!("entities do not match the schema: {e}"),
+            }]
+        })?;
+        let types = context::Types::new().map_err(|e| {
+            vec![PolicyIssue {
+                file: "schema".into(),
+                line: None,
+                message: e,
+            }]
+        })?;
+        Ok(Active {
+            bundle,
+            entities,
+            types,
+        })
+    }
+
+    /// Decides one request. Never panics; every failure is a deny.
+    pub fn decide(&self, input: &DecisionInput<'_>) -> Decision {
+        let request = match self.request(input) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(action = input.action, error = %e, "authorization request could not be built; denied");
+                return Decision::deny(REASON_POLICY_ERROR, Vec::new());
+            }
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.bundle.set, &self.entities);
+        let diagnostics = response.diagnostics();
+        let mut erroring: Vec<String> = Vec::new();
+        for e in diagnostics.errors() {
+            tracing::warn!(error = %e, "policy evaluation error; request denied");
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+            erroring.push(e.policy_id().to_string());
+        }
+        if !erroring.is_empty() {
+            erroring.sort();
+            erroring.dedup();
+            return Decision::deny(REASON_POLICY_ERROR, erroring);
+        }
+        let mut policies: Vec<&PolicyId> = diagnostics.reason().collect();
+        policies.sort_by_key(|p| p.to_string());
+        let ids = policies.iter().map(|p| p.to_string()).collect();
+        match response.decision() {
+            cedar_policy::Decision::Allow => Decision {
+                allowed: true,
+                policies: ids,
+                reason: None,
+            },
+            cedar_policy::Decision::Deny if policies.is_empty() => {
+                Decision::deny(REASON_NOT_PERMITTED, ids)
+            }
+            cedar_policy::Decision::Deny => {
+                let reason = policies
+                    .iter()
+                    .find_map(|p| self.bundle.reasons.get(*p))
+                    .map(|r| &**r)
+                    .unwrap_or(REASON_POLICY_DENIED);
+                Decision::deny(reason, ids)
+            }
+        }
+    }
+
+    fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
+        let (principal, action, resource, context) = self.types.parts(input)?;
+        Request::new(
+            principal,
+            action,
+            resource,
+            context,
+            Some(&self.bundle.schema),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Whether the schema declares `action` (route actions are checked at load).
+    pub fn knows_action(&self, action: &str) -> bool {
+        self.bundle
+            .schema
+            .actions()
+            .any(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == action)
+    }
+}
+
+/// The live policy set, its source and the entities' source; reloadable.
+pub struct Engine {
+    active: RwLock<Arc<Active>>,
+    pub source: PolicySource,
+    directory: Directory,
+}
+
+impl Engine {
+    pub fn load(source: PolicySource, directory: Directory) -> Result<Engine, Vec<PolicyIssue>> {
+        let bundle = PolicyBundle::load(&source)?;
+        let active = Active::new(bundle, &directory)?;
+        Ok(Engine {
+            active: RwLock::new(Arc::new(active)),
+            source,
+            directory,
+        })
+    }
+
+    /// The set in force now. Cheap (an `Arc` clone under a read lock held
+    /// for no longer than that); a reload never blocks a decision in flight.
+    pub fn current(&self) -> Arc<Active> {
+        match self.active.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn decide(&self, input: &DecisionInput<'_>) -> Decision {
+        self.current().decide(input)
+    }
+
+    /// Re-reads the policy files and swaps in the new set if every file
+    /// parses and validates; otherwise the current set stays. Returns the
+    /// new set's hash (unchanged hash: nothing swapped).
+    pub fn reload(&self) -> Result<Reloaded, Vec<PolicyIssue>> {
+        let bundle = PolicyBundle::load(&self.source)?;
+        let old_hash = self.current().bundle.hash.clone();
+        if bundle.hash == old_hash {
+            return Ok(Reloaded {
+                hash: old_hash,
+                changed: false,
+            });
+        }
+        let active = Arc::new(Active::new(bundle, &self.directory)?);
+        let hash = active.bundle.hash.clone();
+        match self.active.write() {
+            Ok(mut g) => *g = active,
+            Err(poisoned) => *poisoned.into_inner() = active,
+        }
+        Ok(Reloaded {
+            hash,
+            changed: true,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub hash: String,
+    pub changed: bool,
+}
+
+/// Reloads `engine` and reports the outcome in metrics and the log:
+/// applied (new hash), unchanged, or failed (every issue with its file and
+/// line; the previous set stays in force).
+pub fn reload_and_report(
+    engine: &Engine,
+    metrics: &crate::admin::metrics::Metrics,
+    trigger: &str,
+) -> Result<Reloaded, Vec<PolicyIssue>> {
+    let started = std::time::Instant::now();
+    let result = engine.reload();
+    match &result {
+        Ok(r) if r.changed => {
+            metrics.policy_reloads.with_label_values(&["applied"]).inc();
+            metrics.set_policy_hash(&r.hash);
+            tracing::info!(
+                trigger,
+                hash = %r.hash,
+                policies = engine.current().bundle.policy_count(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "policies reloaded"
+            );
+        }
+        Ok(_) => {
+            metrics.policy_reloads.with_label_values(&["unchanged"]).inc();
+            tracing::info!(trigger, "policies unchanged");
+        }
+        Err(issues) => {
+            metrics.policy_reloads.with_label_values(&["failed"]).inc();
+            for i in issues {
+                tracing::error!(
+                    trigger,
+                    file = %i.file,
+                    line = i.line,
+                    error = %i.message,
+                    "policy reload failed; the previous set stays in force"
+                );
+            }
+        }
+    }
+    result
+}
+
+/// Resolves `policies:` from the configuration: a directory, or the set
+/// compiled into the binary.
+pub fn source_from_config(config: &Config) -> PolicySource {
+    match &config.policies.dir {
+        Some(dir) => PolicySource::Dir {
+            dir: dir.clone(),
+            files: config.policies.files.clone(),
+        },
+        None => PolicySource::Embedded {
+            files: if config.policies.files.is_empty() {
+                vec![PathBuf::from("roles.cedar")]
+            } else {
+                config.policies.files.clone()
+            },
+        },
+    }
+}
+
+/// Runs the engine's checks that need the route table: every action a
+/// route names must be declared in the schema.
+pub fn check_route_actions<'a>(
+    active: &Active,
+    actions: impl IntoIterator<Item = &'a str>,
+) -> Vec<PolicyIssue> {
+    let mut out = Vec::new();
+    for a in actions {
+        if !active.knows_action(a) && !out.iter().any(|i: &PolicyIssue| i.message.contains(a)) {
+            out.push(PolicyIssue {
+                file: "schema.cedarschema".into(),
+                line: None,
+                message: format!(
+                    "the route table's action `{a}` is not declared in the schema; \
+                     every request to it would be denied"
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Effect of a policy, for listings.
+pub fn effect_name(e: Effect) -> &'static str {
+    match e {
+        Effect::Permit => "permit",
+        Effect::Forbid => "forbid",
+    }
+}
