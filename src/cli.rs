@@ -26,6 +26,7 @@ Examples:
   portcullis check-config --load config/example.yaml   # also read secrets and certificates
   portcullis key generate                      # a new caller key and its hash
   portcullis policy validate policies/         # exit 0 if every policy validates, 1 if not
+  portcullis policy test                       # run policies/tests/*.yaml
   portcullis sim --listen 127.0.0.1:8444       # the Schwab simulator alone
 
 Documentation: README.md and docs/ in the source tree.";
@@ -84,6 +85,19 @@ pub enum PolicyCommand {
         /// Policy directory.
         #[arg(default_value = "policies")]
         dir: PathBuf,
+    },
+    /// Run YAML policy test cases (default: DIR/tests/*.yaml). Each case is
+    /// a caller plus an HTTP request or an action, and the decision it
+    /// expects. Exit 0 when every case passes, 1 otherwise.
+    Test {
+        /// Test files; none: every *.yaml in DIR/tests.
+        files: Vec<PathBuf>,
+        /// Policy directory the files' `policies:` are relative to.
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+        /// Print every case, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
     },
 }
 
@@ -174,6 +188,14 @@ pub fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Validate { dir },
         } => policy_validate(&dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    files,
+                    dir,
+                    verbose,
+                },
+        } => policy_test(&dir, files, verbose),
         Command::Run { config } => {
             let cfg = match Config::from_file(&config, Mode::Normal) {
                 Ok(c) => c,
@@ -267,9 +289,66 @@ fn policy_validate(dir: &std::path::Path) -> ExitCode {
             for i in &issues {
                 eprintln!("{}", with_dir(dir, i));
             }
-            eprintln!("{}: {} problem(s); nothing is valid until all are fixed", dir.display(), issues.len());
+            eprintln!(
+                "{}: {} problem(s); nothing is valid until all are fixed",
+                dir.display(),
+                issues.len()
+            );
             ExitCode::from(EXIT_POLICY_INVALID)
         }
+    }
+}
+
+fn policy_test(dir: &std::path::Path, files: Vec<PathBuf>, verbose: bool) -> ExitCode {
+    use crate::policy::testing;
+    let files = if files.is_empty() {
+        match testing::default_test_files(dir) {
+            Ok(f) if !f.is_empty() => f,
+            Ok(_) => {
+                eprintln!("{}/tests: no *.yaml test files", dir.display());
+                return ExitCode::from(EXIT_POLICY_INVALID);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_POLICY_INVALID);
+            }
+        }
+    } else {
+        files
+    };
+    let routes = match crate::pipeline::route::RouteTable::schwab() {
+        Ok(r) => r,
+        Err(_) => return fail(&StartError::Internal("built-in route table".into())),
+    };
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    for f in &files {
+        let r = testing::run_file(f, dir, &routes);
+        passed += r.passed;
+        failed += r.failed.len();
+        if let Some(e) = &r.error {
+            broken += 1;
+            println!("ERROR {}: {e}", r.file);
+            continue;
+        }
+        let status = if r.ok() { "PASS" } else { "FAIL" };
+        println!(
+            "{status}  {} ({} passed, {} failed)",
+            r.file,
+            r.passed,
+            r.failed.len()
+        );
+        for (name, why) in &r.failed {
+            println!("  FAIL {name}: {why}");
+        }
+        if verbose && r.failed.is_empty() {
+            println!("  all {} cases passed", r.passed);
+        }
+    }
+    println!("{passed} passed, {failed} failed, {broken} file(s) with errors");
+    if failed == 0 && broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_POLICY_INVALID)
     }
 }
 

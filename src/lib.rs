@@ -185,10 +185,8 @@ fn load_policies(config: &Config, routes: &RouteTable) -> Result<policy::Engine,
     };
     let engine = policy::Engine::load(source.clone(), policy::Directory::from_config(config))
         .map_err(|i| as_config_error(&source, i))?;
-    let issues = policy::check_route_actions(
-        &engine.current(),
-        routes.routes.iter().map(|r| &*r.action),
-    );
+    let issues =
+        policy::check_route_actions(&engine.current(), routes.routes.iter().map(|r| &*r.action));
     if !issues.is_empty() {
         return Err(as_config_error(&source, issues));
     }
@@ -313,7 +311,9 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "SIGHUP handler not installed; reload with the admin endpoint"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP handler not installed; reload with the admin endpoint")
+            }
         }
     }
     if config.policies.watch && proxy.policy.source.dir().is_some() {

@@ -146,3 +146,71 @@ fn check_config_validates_a_custom_route_table() {
     let (code, out, err) = portcullis(&["check-config", &cfg]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn policy_validate_passes_the_shipped_policies_and_locates_errors() {
+    let (code, out, err) = portcullis(&["policy", "validate", "policies"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "policies/schema.cedarschema",
+        d.path().join("schema.cedarschema"),
+    )
+    .unwrap();
+    // A type error on line 3 of one file, a syntax error in another.
+    write(
+        &d,
+        "typo.cedar",
+        "@id(\"a\")\npermit (principal, action, resource)\nwhen { context.order.max_quantity > \"100\" };\n",
+    );
+    let sub = d.path().join("guards");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("broken.cedar"),
+        "@id(\"b\")\nforbid (principal, action, resource) when {\n",
+    )
+    .unwrap();
+    let (code, _, err) = portcullis(&["policy", "validate", &d.path().display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("typo.cedar:3:"), "{err}");
+    assert!(
+        err.contains("broken.cedar"),
+        "subdirectories are validated: {err}"
+    );
+
+    // Missing @id is an error too: ids are what decisions and audits cite.
+    std::fs::remove_dir_all(&sub).unwrap();
+    write(&d, "typo.cedar", "permit (principal, action, resource);\n");
+    let (code, _, err) = portcullis(&["policy", "validate", &d.path().display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("@id"), "{err}");
+}
+
+#[test]
+fn policy_test_runs_the_shipped_suite_and_fails_on_a_wrong_expectation() {
+    let (code, out, err) = portcullis(&["policy", "test"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert!(out.contains("roles.yaml"), "{out}");
+
+    let d = tempfile::tempdir().unwrap();
+    let wrong = write(
+        &d,
+        "wrong.yaml",
+        "policies: [roles.cedar, guards/max-order-quantity.cedar]\ncases:\n  - name: a viewer places an order\n    caller: viewer\n    request: { method: POST, path: '/trader/v1/accounts/{main}/orders', body: '{\"session\":\"NORMAL\",\"duration\":\"DAY\",\"orderType\":\"MARKET\",\"orderStrategyType\":\"SINGLE\",\"orderLegCollection\":[{\"instruction\":\"BUY\",\"instrument\":{\"assetType\":\"EQUITY\",\"symbol\":\"AAPL\"},\"quantity\":1}]}' }\n    expect: allow\n",
+    );
+    let (code, out, _) = portcullis(&["policy", "test", &wrong]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL a viewer places an order: expected allow, got deny (not_permitted)"),
+        "{out}"
+    );
+
+    // A test file naming a policy file that does not exist is an error, not a pass.
+    let missing = write(&d, "missing.yaml", "policies: [nope.cedar]\ncases: []\n");
+    let (code, out, _) = portcullis(&["policy", "test", &missing]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ERROR"), "{out}");
+}

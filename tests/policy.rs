@@ -12,12 +12,21 @@ use common::*;
 use portcullis::sim::SimOptions;
 
 fn order_path(h: &Harness, account: usize) -> String {
-    format!("/trader/v1/accounts/{}/orders", h.sim.accounts()[account].hash)
+    format!(
+        "/trader/v1/accounts/{}/orders",
+        h.sim.accounts()[account].hash
+    )
 }
 
 /// Sends a request on a clean journal; returns the reply and whether the
 /// simulator saw it.
-async fn send_traced(h: &Harness, method: &str, path: &str, key: &str, body: Option<&str>) -> (Reply, bool) {
+async fn send_traced(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> (Reply, bool) {
     h.sim.clear_journal();
     let r = h.send(method, path, Some(key), body).await;
     let reached = h
@@ -47,7 +56,12 @@ async fn role_by_action_matrix() {
     let margin = h.sim.accounts()[0].hash.clone();
     // An order for the cancel row, placed by the super admin.
     let placed = h
-        .send("POST", &order_path(&h, 0), Some(SUPERADMIN), Some(LIMIT_ORDER))
+        .send(
+            "POST",
+            &order_path(&h, 0),
+            Some(SUPERADMIN),
+            Some(LIMIT_ORDER),
+        )
         .await;
     assert_eq!(placed.status, 201, "{}", placed.text());
     let order_url = placed.headers["location"].to_str().unwrap().to_owned();
@@ -57,17 +71,47 @@ async fn role_by_action_matrix() {
     let reads = [true, true, true, true];
     let trades = [false, true, true, true];
     let rows: Vec<(&str, String, Option<&str>, [bool; 4])> = vec![
-        ("GET", "/marketdata/v1/quotes?symbols=AAPL".into(), None, reads),
+        (
+            "GET",
+            "/marketdata/v1/quotes?symbols=AAPL".into(),
+            None,
+            reads,
+        ),
         ("GET", "/marketdata/v1/AAPL/quotes".into(), None, reads),
-        ("GET", "/trader/v1/accounts/accountNumbers".into(), None, reads),
+        (
+            "GET",
+            "/trader/v1/accounts/accountNumbers".into(),
+            None,
+            reads,
+        ),
         ("GET", "/trader/v1/accounts".into(), None, reads),
         ("GET", format!("/trader/v1/accounts/{margin}"), None, reads),
-        ("GET", format!("/trader/v1/accounts/{margin}/orders"), None, reads),
-        ("GET", format!("/trader/v1/accounts/{margin}/transactions"), None, reads),
+        (
+            "GET",
+            format!("/trader/v1/accounts/{margin}/orders"),
+            None,
+            reads,
+        ),
+        (
+            "GET",
+            format!("/trader/v1/accounts/{margin}/transactions"),
+            None,
+            reads,
+        ),
         ("GET", "/trader/v1/orders".into(), None, reads),
         ("GET", "/trader/v1/userPreference".into(), None, reads),
-        ("POST", format!("/trader/v1/accounts/{margin}/previewOrder"), Some(LIMIT_ORDER), trades),
-        ("POST", format!("/trader/v1/accounts/{margin}/orders"), Some(LIMIT_ORDER), trades),
+        (
+            "POST",
+            format!("/trader/v1/accounts/{margin}/previewOrder"),
+            Some(LIMIT_ORDER),
+            trades,
+        ),
+        (
+            "POST",
+            format!("/trader/v1/accounts/{margin}/orders"),
+            Some(LIMIT_ORDER),
+            trades,
+        ),
     ];
     let keys = [VIEWER, TRADER, ADMIN, SUPERADMIN];
     for (method, path, body, allowed) in &rows {
@@ -163,7 +207,14 @@ async fn guard_rules_hold_however_the_order_is_shaped() {
     let path = order_path(&h, 0);
 
     // At the limit: allowed.
-    let (r, reached) = send_traced(&h, "POST", &path, TRADER, Some(&order_with_legs(&[("BUY", "AAPL", 100)]))).await;
+    let (r, reached) = send_traced(
+        &h,
+        "POST",
+        &path,
+        TRADER,
+        Some(&order_with_legs(&[("BUY", "AAPL", 100)])),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(reached);
 
@@ -182,8 +233,21 @@ async fn guard_rules_hold_however_the_order_is_shaped() {
 
     // Replace is judged like place.
     let placed = h.send("POST", &path, Some(TRADER), Some(LIMIT_ORDER)).await;
-    let id = placed.headers["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
-    let (r, reached) = send_traced(&h, "PUT", &format!("{path}/{id}"), TRADER, Some(&single("AAPL", 500))).await;
+    let id = placed.headers["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (r, reached) = send_traced(
+        &h,
+        "PUT",
+        &format!("{path}/{id}"),
+        TRADER,
+        Some(&single("AAPL", 500)),
+    )
+    .await;
     assert_denied(&r, reached, "order_quantity_limit");
 
     // A duplicate key that would show Cedar one quantity and Schwab another.
@@ -196,14 +260,20 @@ async fn guard_rules_hold_however_the_order_is_shaped() {
     // The symbol deny-list, alone or in any leg; also for the admin.
     for (key, body) in [
         (TRADER, single("GME", 1)),
-        (TRADER, order_with_legs(&[("BUY", "AAPL", 1), ("BUY", "GME", 1)])),
+        (
+            TRADER,
+            order_with_legs(&[("BUY", "AAPL", 1), ("BUY", "GME", 1)]),
+        ),
         (ADMIN, single("GME", 1)),
     ] {
         let (r, reached) = send_traced(&h, "POST", &path, key, Some(&body)).await;
         assert_denied(&r, reached, "symbol_denied");
     }
     // Preview is not an order placement: the guards leave it alone.
-    let preview = format!("/trader/v1/accounts/{}/previewOrder", h.sim.accounts()[0].hash);
+    let preview = format!(
+        "/trader/v1/accounts/{}/previewOrder",
+        h.sim.accounts()[0].hash
+    );
     let (r, _) = send_traced(&h, "POST", &preview, TRADER, Some(&single("GME", 1))).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
@@ -213,11 +283,27 @@ async fn order_bodies_the_proxy_cannot_judge_are_refused_before_the_policy() {
     let h = Harness::start().await;
     let path = order_path(&h, 0);
     let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
-        (vec![("content-type", "text/plain")], LIMIT_ORDER.as_bytes().to_vec(), "bad_content_type"),
-        (vec![], [b"\xEF\xBB\xBF".as_slice(), LIMIT_ORDER.as_bytes()].concat(), "byte_order_mark"),
-        (vec![], b"{\"session\":\"NORMAL\xff\"}".to_vec(), "invalid_utf8"),
+        (
+            vec![("content-type", "text/plain")],
+            LIMIT_ORDER.as_bytes().to_vec(),
+            "bad_content_type",
+        ),
+        (
+            vec![],
+            [b"\xEF\xBB\xBF".as_slice(), LIMIT_ORDER.as_bytes()].concat(),
+            "byte_order_mark",
+        ),
+        (
+            vec![],
+            b"{\"session\":\"NORMAL\xff\"}".to_vec(),
+            "invalid_utf8",
+        ),
         (vec![], br#"{"price":NaN}"#.to_vec(), "malformed_json"),
-        (vec![], format!("{}{}", "[".repeat(40), "]".repeat(40)).into_bytes(), "too_deep"),
+        (
+            vec![],
+            format!("{}{}", "[".repeat(40), "]".repeat(40)).into_bytes(),
+            "too_deep",
+        ),
     ];
     for (headers, body, code) in cases {
         h.sim.clear_journal();
@@ -232,7 +318,9 @@ async fn order_bodies_the_proxy_cannot_judge_are_refused_before_the_policy() {
         for (n, v) in headers {
             b = b.header(n, v);
         }
-        let req = b.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+        let req = b
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
         let client = h.h2_client();
         let r = send_on(&client, req).await;
         assert_eq!(r.status, 400, "{code}: {}", r.text());
@@ -252,7 +340,10 @@ async fn install_policy(h: &Harness, name: &str, text: &str) {
         if now != before {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "policy change never applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "policy change never applied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -276,7 +367,14 @@ when { context.order.max_quantity * 9223372036854775807 > 0 };
     let (r, reached) = send_traced(&h, "POST", &path, TRADER, Some(LIMIT_ORDER)).await;
     assert_denied(&r, reached, "policy_error");
     // Requests the erroring policy does not apply to still pass.
-    let (r, _) = send_traced(&h, "GET", "/marketdata/v1/quotes?symbols=AAPL", TRADER, None).await;
+    let (r, _) = send_traced(
+        &h,
+        "GET",
+        "/marketdata/v1/quotes?symbols=AAPL",
+        TRADER,
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -288,7 +386,10 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
 
     // A syntax error, then a policy that fails schema validation.
     for (name, text) in [
-        ("broken.cedar", "@id(\"x\") permit (principal, action, resource) when { "),
+        (
+            "broken.cedar",
+            "@id(\"x\") permit (principal, action, resource) when { ",
+        ),
         (
             "invalid.cedar",
             "@id(\"y\") permit (principal, action, resource) when { context.no_such_field };",
@@ -299,7 +400,10 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
         assert_eq!(r.status, 422, "{}", r.text());
         let issues = r.json()["issues"].to_string();
         assert!(issues.contains(name), "the issue names the file: {issues}");
-        assert_eq!(h.admin_get("/readyz").await.json()["policy_hash"], good_hash);
+        assert_eq!(
+            h.admin_get("/readyz").await.json()["policy_hash"],
+            good_hash
+        );
         // Serving continues with the old set: allowed and denied as before.
         let (r, _) = send_traced(&h, "POST", &path, TRADER, Some(LIMIT_ORDER)).await;
         assert_eq!(r.status, 201, "{}", r.text());
@@ -324,7 +428,12 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
     install_policy(&h, "max-order-quantity.cedar", &tighter).await;
     let (r, reached) = send_traced(&h, "POST", &path, TRADER, Some(LIMIT_ORDER)).await;
     assert_denied(&r, reached, "order_quantity_limit");
-    assert!(h.admin_get("/metrics").await.text().contains("portcullis_policy_decisions_total{action=\"PlaceOrder\",decision=\"deny\"}"));
+    assert!(
+        h.admin_get("/metrics")
+            .await
+            .text()
+            .contains("portcullis_policy_decisions_total{action=\"PlaceOrder\",decision=\"deny\"}")
+    );
 }
 
 #[tokio::test]

@@ -104,7 +104,11 @@ impl Admin {
             .inc();
         tracing::info!(caller = %caller.id, allowed = decision.allowed, policies = %decision.policies.join(","), "policy reload requested");
         if !decision.allowed {
-            return Reject::Forbidden.into_detailed_response(&rid, decision.reason.as_deref(), None);
+            return Reject::Forbidden.into_detailed_response(
+                &rid,
+                decision.reason.as_deref(),
+                None,
+            );
         }
         let p = self.proxy.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -680,7 +680,9 @@ impl Config {
                     format!("account `{}` is defined twice", a.name),
                 );
             }
-            if !(1..=128).contains(&a.hash.len()) || !a.hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if !(1..=128).contains(&a.hash.len())
+                || !a.hash.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
                 issue(
                     format!("accounts[{i}].hash"),
                     "must be the account's hashValue (letters and digits) from \
@@ -707,7 +709,8 @@ impl Config {
         }
         for (i, f) in self.policies.files.iter().enumerate() {
             let escapes = f.is_absolute()
-                || f.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
+                || f.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
             if escapes {
                 issue(
                     format!("policies.files[{i}]"),

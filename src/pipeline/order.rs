@@ -909,7 +909,9 @@ impl Walk {
             // A node-level quantity (multi-leg orders: the number of
             // spreads) counts, but never below its largest leg, so a small
             // top-level quantity cannot hide large legs.
-            .checked_mul(i128::from(node_quantity.map_or(leg_sum, |q| q.max(leg_max))))
+            .checked_mul(i128::from(
+                node_quantity.map_or(leg_sum, |q| q.max(leg_max)),
+            ))
             .and_then(|n| n.checked_mul(multiplier))
             .filter(|n| i64::try_from(*n).is_ok())
             .ok_or_else(|| notional_range(node_at))?;

@@ -37,7 +37,9 @@ pub fn market_clock(t: OffsetDateTime) -> (i64, i64) {
 fn nth_sunday(year: i32, month: Month, n: u8) -> Option<Date> {
     let first = Date::from_calendar_date(year, month, 1).ok()?;
     let to_sunday = (7 - first.weekday().number_days_from_sunday()) % 7;
-    first.checked_add(time::Duration::days(i64::from(to_sunday) + 7 * (i64::from(n) - 1)))
+    first.checked_add(time::Duration::days(
+        i64::from(to_sunday) + 7 * (i64::from(n) - 1),
+    ))
 }
 
 fn in_us_dst(utc: OffsetDateTime) -> bool {

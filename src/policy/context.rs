@@ -63,8 +63,9 @@ impl Types {
         &self,
         input: &DecisionInput<'_>,
     ) -> Result<(EntityUid, EntityUid, EntityUid, Context), String> {
-        let uid =
-            |t: &EntityTypeName, id: &str| EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id));
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+        };
         let principal = uid(&self.caller, input.caller);
         let action = uid(&self.action, input.action);
         let resource = match input.resource {
@@ -88,9 +89,7 @@ fn long(n: i64) -> RestrictedExpression {
     RestrictedExpression::new_long(n)
 }
 
-fn record(
-    pairs: Vec<(&str, RestrictedExpression)>,
-) -> Result<RestrictedExpression, String> {
+fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpression, String> {
     RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
         .map_err(|e| e.to_string())
 }
@@ -101,7 +100,10 @@ fn context(input: &DecisionInput<'_>) -> Result<Context, String> {
     // are written with IPv4 ranges.
     let ip = input.client_ip.to_canonical();
     let mut pairs: Vec<(String, RestrictedExpression)> = vec![
-        ("client_ip".into(), RestrictedExpression::new_ip(ip.to_string())),
+        (
+            "client_ip".into(),
+            RestrictedExpression::new_ip(ip.to_string()),
+        ),
         (
             "time".into(),
             RestrictedExpression::new_datetime(clock::cedar_datetime(input.time)),
@@ -148,10 +150,14 @@ fn order_record(o: &OrderSummary) -> Result<RestrictedExpression, String> {
         ("order_type", o.order_type.as_deref().map(string)),
         ("duration", o.duration.as_deref().map(string)),
         ("session", o.session.as_deref().map(string)),
-        ("complex_strategy", o.complex_strategy.as_deref().map(string)),
+        (
+            "complex_strategy",
+            o.complex_strategy.as_deref().map(string),
+        ),
         (
             "price",
-            o.price.map(|p| RestrictedExpression::new_decimal(p.to_string())),
+            o.price
+                .map(|p| RestrictedExpression::new_decimal(p.to_string())),
         ),
         (
             "stop_price",

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod context;
 pub mod source;
+pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -16,8 +17,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema,
+    Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    Request, RestrictedExpression, Schema,
 };
 
 use crate::config::{Config, Environment, Role};
@@ -86,6 +87,14 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// callers: (id, role, account hashes); accounts: (hash, name, environment).
+    pub fn new(
+        callers: Vec<(String, Role, Vec<String>)>,
+        accounts: Vec<(String, String, Environment)>,
+    ) -> Directory {
+        Directory { callers, accounts }
+    }
+
     pub fn from_config(config: &Config) -> Directory {
         let hash_of = |name: &String| {
             config
@@ -120,12 +129,7 @@ impl Directory {
         };
         let mut out = Vec::new();
         // Roles nest so that permissions are inherited upwards.
-        let chain = [
-            Role::Viewer,
-            Role::Trader,
-            Role::Admin,
-            Role::SuperAdmin,
-        ];
+        let chain = [Role::Viewer, Role::Trader, Role::Admin, Role::SuperAdmin];
         for (i, r) in chain.iter().enumerate() {
             let parents: HashSet<EntityUid> = i
                 .checked_sub(1)
@@ -140,7 +144,10 @@ impl Directory {
         }
         for (hash, name, env) in &self.accounts {
             let attrs = HashMap::from([
-                ("name".to_owned(), RestrictedExpression::new_string(name.clone())),
+                (
+                    "name".to_owned(),
+                    RestrictedExpression::new_string(name.clone()),
+                ),
                 (
                     "environment".to_owned(),
                     RestrictedExpression::new_string(env.as_str().to_owned()),
@@ -347,7 +354,10 @@ pub fn reload_and_report(
             );
         }
         Ok(_) => {
-            metrics.policy_reloads.with_label_values(&["unchanged"]).inc();
+            metrics
+                .policy_reloads
+                .with_label_values(&["unchanged"])
+                .inc();
             tracing::info!(trigger, "policies unchanged");
         }
         Err(issues) => {

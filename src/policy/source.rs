@@ -15,7 +15,10 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
 /// The shipped schema and policies, so the binary runs with no files.
 pub const EMBEDDED: &[(&str, &str)] = &[
-    (SCHEMA_FILE, include_str!("../../policies/schema.cedarschema")),
+    (
+        SCHEMA_FILE,
+        include_str!("../../policies/schema.cedarschema"),
+    ),
     ("roles.cedar", include_str!("../../policies/roles.cedar")),
     (
         "guards/max-order-quantity.cedar",
@@ -202,7 +205,10 @@ impl PolicySource {
                 }
             }
         }
-        Some(format!("sha256:{}", crate::keys::hex(ctx.finish().as_ref())))
+        Some(format!(
+            "sha256:{}",
+            crate::keys::hex(ctx.finish().as_ref())
+        ))
     }
 }
 

@@ -204,7 +204,8 @@ mod tests {
                 .copied()
                 .filter(|l| l.starts_with(&format!("thread {t} ")))
                 .collect();
-            let expected: Vec<String> = (0..5_000).map(|i| format!("thread {t} line {i}")).collect();
+            let expected: Vec<String> =
+                (0..5_000).map(|i| format!("thread {t} line {i}")).collect();
             assert_eq!(mine, expected, "thread {t}'s lines are whole and in order");
         }
     }
@@ -265,10 +266,10 @@ mod tests {
             "{before} bytes accepted while the output was stuck"
         );
         assert!(!producer.is_finished(), "the producer should be waiting");
-        *gate.0 .0.lock().unwrap() = true;
-        gate.0 .1.notify_all();
+        *gate.0.0.lock().unwrap() = true;
+        gate.0.1.notify_all();
         producer.join().unwrap();
         drop(guard);
-        assert_eq!(gate.1 .0.lock().unwrap().len(), 400 * line.len());
+        assert_eq!(gate.1.0.lock().unwrap().len(), 400 * line.len());
     }
 }
