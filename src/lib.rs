@@ -151,8 +151,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         admin::metrics::Metrics::new()
             .map_err(|e| StartError::Internal(format!("metrics: {e}")))?,
     );
-    let engine = load_policies(config, &routes)?;
+    let engine = load_policies(policy::source_from_config(config), config, &routes)?;
     metrics.set_policy_hash(&engine.current().bundle.hash);
+    let shadow = match policy::shadow_source_from_config(config) {
+        Some(src) => Some(Arc::new(load_policies(src, config, &routes)?)),
+        None => None,
+    };
     let proxy = Arc::new(Proxy {
         routes,
         identities: Identities::from_config(&config.callers),
@@ -161,6 +165,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         limits: config.limits.clone(),
         metrics,
         policy: Arc::new(engine),
+        shadow,
         environment: config.environment,
     });
     Ok(Prepared { proxy, tls })
@@ -168,8 +173,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 
 /// Loads and validates the policy set and the entities, and checks that
 /// every route's action is declared in the schema.
-fn load_policies(config: &Config, routes: &RouteTable) -> Result<policy::Engine, StartError> {
-    let source = policy::source_from_config(config);
+fn load_policies(
+    source: policy::PolicySource,
+    config: &Config,
+    routes: &RouteTable,
+) -> Result<policy::Engine, StartError> {
     let as_config_error = |source: &policy::PolicySource, issues: Vec<policy::PolicyIssue>| {
         StartError::Config(ConfigError {
             source_name: format!("policies ({source})"),
@@ -286,11 +294,7 @@ pub async fn serve_prepared(
 /// set never stalls request handling.
 fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdown) {
     let reload = |proxy: Arc<Proxy>, trigger: &'static str| async move {
-        let p = proxy.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            policy::reload_and_report(&p.policy, &p.metrics, trigger)
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || proxy.reload_policies(trigger)).await;
     };
     #[cfg(unix)]
     {
@@ -316,19 +320,15 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
             }
         }
     }
-    if config.policies.watch && proxy.policy.source.dir().is_some() {
+    let watched = proxy.policy.source.dir().is_some() || proxy.shadow.is_some();
+    if config.policies.watch && watched {
         let proxy = proxy.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            let fingerprint = |p: Arc<Proxy>| async move {
-                tokio::task::spawn_blocking(move || p.policy.source.fingerprint())
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            // Compared with the active set's hash (same scheme), not with
-            // the previous poll: a change made while the set was loading is
-            // still seen. A broken state is tried once, not every tick.
+            // The files are compared with the loaded sets' hashes (same
+            // scheme), not with the previous poll: a change made while a set
+            // was loading is still seen. A broken state is tried once, not
+            // every tick.
             let mut failed: Option<String> = None;
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -337,19 +337,25 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
                     _ = stop.wait() => return,
                     _ = tick.tick() => {}
                 }
-                let Some(now) = fingerprint(proxy.clone()).await else {
+                let p = proxy.clone();
+                let changed = tokio::task::spawn_blocking(move || p.policy_files_changed())
+                    .await
+                    .ok()
+                    .flatten();
+                let Some(state) = changed else {
+                    failed = None;
                     continue;
                 };
-                if now == proxy.policy.current().bundle.hash || failed.as_ref() == Some(&now) {
+                if failed.as_ref() == Some(&state) {
                     continue;
                 }
                 let p = proxy.clone();
                 let ok = tokio::task::spawn_blocking(move || {
-                    policy::reload_and_report(&p.policy, &p.metrics, "file_change").is_ok()
+                    p.reload_policies("file_change").is_ok() && p.policy_files_changed().is_none()
                 })
                 .await
                 .unwrap_or(false);
-                failed = if ok { None } else { Some(now) };
+                failed = if ok { None } else { Some(state) };
             }
         });
     }

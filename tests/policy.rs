@@ -415,7 +415,9 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
     let metrics = h.admin_get("/metrics").await.text();
     let failed: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("portcullis_policy_reload_total{result=\"failed\"} "))
+        .find_map(|l| {
+            l.strip_prefix("portcullis_policy_reload_total{result=\"failed\",set=\"active\"} ")
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(failed >= 2, "{metrics}");
@@ -451,4 +453,45 @@ async fn simulator_options_do_not_matter_to_policy() {
     .await;
     let (r, reached) = send_traced(&h, "POST", &order_path(&h, 0), VIEWER, Some(LIMIT_ORDER)).await;
     assert_denied(&r, reached, "not_permitted");
+}
+
+#[tokio::test]
+async fn a_shadow_policy_set_is_evaluated_and_counted_but_never_enforced() {
+    let shadow = tempfile::tempdir().unwrap();
+    for f in ["schema.cedarschema", "roles.cedar"] {
+        std::fs::copy(format!("policies/{f}"), shadow.path().join(f)).unwrap();
+    }
+    let strict = std::fs::read_to_string("policies/guards/max-order-quantity.cedar")
+        .unwrap()
+        .replace("> 100", "> 5");
+    std::fs::write(shadow.path().join("max-order-quantity.cedar"), strict).unwrap();
+    let shadow_dir = shadow.path().to_owned();
+    let h = Harness::start_with(SimOptions::default(), move |c| {
+        c.policies.shadow_dir = Some(shadow_dir);
+    })
+    .await;
+    assert!(h.admin_get("/readyz").await.json()["shadow_policy_hash"].is_string());
+
+    // Active: allow. Shadow: deny (10 > 5). Enforced: the active decision.
+    let (r, reached) = send_traced(&h, "POST", &order_path(&h, 0), TRADER, Some(LIMIT_ORDER)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(reached);
+    // Both agree on a quote: nothing counted for it.
+    let (r, _) = send_traced(
+        &h,
+        "GET",
+        "/marketdata/v1/quotes?symbols=AAPL",
+        TRADER,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let metrics = h.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_policy_shadow_disagreements_total{action=\"PlaceOrder\",shadow_decision=\"deny\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("shadow_disagreements_total{action=\"ViewMarketData\""));
 }

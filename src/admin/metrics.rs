@@ -92,9 +92,9 @@ impl Metrics {
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "policy_reload_total",
-                "Policy reload attempts, by result (applied / unchanged / failed)",
+                "Policy reload attempts, by policy set (active / shadow) and result (applied / unchanged / failed)",
             ),
-            &["result"],
+            &["set", "result"],
         )?;
         let policy_info = IntGaugeVec::new(
             Opts::new(

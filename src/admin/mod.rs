@@ -50,11 +50,17 @@ impl Admin {
             "/readyz" => {
                 let ready = self.ready.load(Ordering::Acquire);
                 let active = self.proxy.policy.current();
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "ready": ready,
                     "policy_hash": active.bundle.hash,
                     "policies": active.bundle.policy_count(),
                 });
+                if let (Some(shadow), Some(obj)) = (&self.proxy.shadow, body.as_object_mut()) {
+                    obj.insert(
+                        "shadow_policy_hash".into(),
+                        serde_json::Value::from(shadow.current().bundle.hash.clone()),
+                    );
+                }
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -111,10 +117,7 @@ impl Admin {
             );
         }
         let p = self.proxy.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            crate::policy::reload_and_report(&p.policy, &p.metrics, "admin")
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || p.reload_policies("admin")).await;
         match result {
             Ok(Ok(r)) => json(
                 StatusCode::OK,

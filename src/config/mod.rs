@@ -93,6 +93,14 @@ pub struct PoliciesConfig {
     /// Re-read the files when they change (polled every 2 s).
     #[serde(default = "yes")]
     pub watch: bool,
+    /// A candidate policy directory evaluated beside the active set on live
+    /// traffic; disagreements are counted and logged, never enforced.
+    #[serde(default)]
+    pub shadow_dir: Option<PathBuf>,
+    /// Files of the shadow set, relative to `shadow_dir` (empty: every
+    /// `*.cedar` directly in it).
+    #[serde(default)]
+    pub shadow_files: Vec<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -707,21 +715,26 @@ impl Config {
                 }
             }
         }
-        for (i, f) in self.policies.files.iter().enumerate() {
-            let escapes = f.is_absolute()
-                || f.components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
-            if escapes {
-                issue(
-                    format!("policies.files[{i}]"),
-                    "must be a relative path inside policies.dir, without `..`".into(),
-                );
+        for (key, files) in [
+            ("policies.files", &self.policies.files),
+            ("policies.shadow_files", &self.policies.shadow_files),
+        ] {
+            for (i, f) in files.iter().enumerate() {
+                let escapes = f.is_absolute()
+                    || f.components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)));
+                if escapes {
+                    issue(
+                        format!("{key}[{i}]"),
+                        "must be a relative path inside the policy directory, without `..`".into(),
+                    );
+                }
             }
         }
-        if self.policies.dir.is_none() && !self.policies.files.is_empty() {
+        if self.policies.shadow_dir.is_none() && !self.policies.shadow_files.is_empty() {
             issue(
-                "policies.files".into(),
-                "needs policies.dir (the files are relative to it)".into(),
+                "policies.shadow_files".into(),
+                "needs policies.shadow_dir (the files are relative to it)".into(),
             );
         }
 

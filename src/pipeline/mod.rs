@@ -105,6 +105,8 @@ pub struct Proxy {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<Engine>,
+    /// Candidate policies evaluated beside `policy`, never enforced.
+    pub shadow: Option<Arc<Engine>>,
     pub environment: Environment,
 }
 
@@ -264,6 +266,27 @@ impl Proxy {
             order: ctx.order.as_ref(),
         };
         let decision = self.policy.decide(&input);
+        if let Some(shadow) = &self.shadow {
+            let candidate = shadow.decide(&input);
+            if candidate.allowed != decision.allowed || candidate.reason != decision.reason {
+                let said = |d: &Decision| if d.allowed { "allow" } else { "deny" };
+                self.metrics
+                    .shadow_disagreements
+                    .with_label_values(&[&*route.action, said(&candidate)])
+                    .inc();
+                tracing::warn!(
+                    action = &*route.action,
+                    caller = %caller.id,
+                    active = said(&decision),
+                    active_reason = decision.reason.as_deref(),
+                    active_policies = %decision.policies.join(","),
+                    shadow = said(&candidate),
+                    shadow_reason = candidate.reason.as_deref(),
+                    shadow_policies = %candidate.policies.join(","),
+                    "shadow policy set disagrees (not enforced)"
+                );
+            }
+        }
         let allowed = decision.allowed;
         self.metrics
             .decisions
@@ -275,6 +298,34 @@ impl Proxy {
         } else {
             Err(Reject::Forbidden)
         }
+    }
+
+    /// Reloads the active policy set and the shadow set (if any). The
+    /// active set's outcome is returned; the shadow's is logged and counted.
+    pub fn reload_policies(
+        &self,
+        trigger: &str,
+    ) -> Result<crate::policy::Reloaded, Vec<crate::policy::PolicyIssue>> {
+        use crate::policy::{SET_ACTIVE, SET_SHADOW, reload_and_report};
+        if let Some(shadow) = &self.shadow {
+            let _ = reload_and_report(shadow, &self.metrics, trigger, SET_SHADOW);
+        }
+        reload_and_report(&self.policy, &self.metrics, trigger, SET_ACTIVE)
+    }
+
+    /// Whether any policy source's files differ from the set loaded from it.
+    pub fn policy_files_changed(&self) -> Option<String> {
+        let mut changed = None;
+        for engine in std::iter::once(&self.policy).chain(self.shadow.as_ref()) {
+            if let Some(now) = engine.source.fingerprint() {
+                if now != engine.current().bundle.hash {
+                    let mut all: String = changed.unwrap_or_default();
+                    all.push_str(&now);
+                    changed = Some(all);
+                }
+            }
+        }
+        changed
     }
 
     /// Builds the request that goes upstream: the raw target, the cleaned

@@ -331,6 +331,9 @@ pub struct Reloaded {
     pub changed: bool,
 }
 
+pub const SET_ACTIVE: &str = "active";
+pub const SET_SHADOW: &str = "shadow";
+
 /// Reloads `engine` and reports the outcome in metrics and the log:
 /// applied (new hash), unchanged, or failed (every issue with its file and
 /// line; the previous set stays in force).
@@ -338,15 +341,22 @@ pub fn reload_and_report(
     engine: &Engine,
     metrics: &crate::admin::metrics::Metrics,
     trigger: &str,
+    set: &'static str,
 ) -> Result<Reloaded, Vec<PolicyIssue>> {
     let started = std::time::Instant::now();
     let result = engine.reload();
     match &result {
         Ok(r) if r.changed => {
-            metrics.policy_reloads.with_label_values(&["applied"]).inc();
-            metrics.set_policy_hash(&r.hash);
+            metrics
+                .policy_reloads
+                .with_label_values(&[set, "applied"])
+                .inc();
+            if set == SET_ACTIVE {
+                metrics.set_policy_hash(&r.hash);
+            }
             tracing::info!(
                 trigger,
+                set,
                 hash = %r.hash,
                 policies = engine.current().bundle.policy_count(),
                 took_ms = started.elapsed().as_millis() as u64,
@@ -356,15 +366,19 @@ pub fn reload_and_report(
         Ok(_) => {
             metrics
                 .policy_reloads
-                .with_label_values(&["unchanged"])
+                .with_label_values(&[set, "unchanged"])
                 .inc();
-            tracing::info!(trigger, "policies unchanged");
+            tracing::info!(trigger, set, "policies unchanged");
         }
         Err(issues) => {
-            metrics.policy_reloads.with_label_values(&["failed"]).inc();
+            metrics
+                .policy_reloads
+                .with_label_values(&[set, "failed"])
+                .inc();
             for i in issues {
                 tracing::error!(
                     trigger,
+                    set,
                     file = %i.file,
                     line = i.line,
                     error = %i.message,
@@ -374,6 +388,18 @@ pub fn reload_and_report(
         }
     }
     result
+}
+
+/// The shadow (candidate) set of `policies.shadow_dir`, if configured.
+pub fn shadow_source_from_config(config: &Config) -> Option<PolicySource> {
+    config
+        .policies
+        .shadow_dir
+        .as_ref()
+        .map(|dir| PolicySource::Dir {
+            dir: dir.clone(),
+            files: config.policies.shadow_files.clone(),
+        })
 }
 
 /// Resolves `policies:` from the configuration: a directory, or the set
