@@ -282,7 +282,9 @@ async fn guard_rules_hold_however_the_order_is_shaped() {
 async fn order_bodies_the_proxy_cannot_judge_are_refused_before_the_policy() {
     let h = Harness::start().await;
     let path = order_path(&h, 0);
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
+    // (extra headers, body, expected error code)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("content-type", "text/plain")],
             LIMIT_ORDER.as_bytes().to_vec(),

@@ -317,12 +317,12 @@ impl Proxy {
     pub fn policy_files_changed(&self) -> Option<String> {
         let mut changed = None;
         for engine in std::iter::once(&self.policy).chain(self.shadow.as_ref()) {
-            if let Some(now) = engine.source.fingerprint() {
-                if now != engine.current().bundle.hash {
-                    let mut all: String = changed.unwrap_or_default();
-                    all.push_str(&now);
-                    changed = Some(all);
-                }
+            if let Some(now) = engine.source.fingerprint()
+                && now != engine.current().bundle.hash
+            {
+                let mut all: String = changed.unwrap_or_default();
+                all.push_str(&now);
+                changed = Some(all);
             }
         }
         changed

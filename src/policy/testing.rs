@@ -182,6 +182,9 @@ pub fn run_file(path: &Path, dir: &Path, routes: &RouteTable) -> FileReport {
     report
 }
 
+/// (id, role, account names)
+type CallerSpec = (String, Role, Vec<String>);
+
 /// The entities a file declares (or the default four callers), and account
 /// name → hash for resolving `resource:` and `{name}` in paths.
 fn directory_for(e: Option<&TestEntities>) -> (Directory, BTreeMap<String, String>) {
@@ -199,7 +202,7 @@ fn directory_for(e: Option<&TestEntities>) -> (Directory, BTreeMap<String, Strin
             },
         ]
     };
-    let (accounts, callers): (Vec<AccountConfig>, Vec<(String, Role, Vec<String>)>) = match e {
+    let (accounts, callers): (Vec<AccountConfig>, Vec<CallerSpec>) = match e {
         Some(e) => (
             e.accounts.clone(),
             e.callers
@@ -357,10 +360,10 @@ fn run_case(
             describe()
         ));
     }
-    if let Some(want) = &case.reason {
-        if d.reason.as_deref() != Some(want.as_str()) {
-            return Err(format!("expected reason {want}, got {}", describe()));
-        }
+    if let Some(want) = &case.reason
+        && d.reason.as_deref() != Some(want.as_str())
+    {
+        return Err(format!("expected reason {want}, got {}", describe()));
     }
     Ok(())
 }
