@@ -119,6 +119,11 @@ def schwab_py(ca, host, port, workdir):
     check(r.status_code == 200, "schwab-py cancel_order")
     r = c.get_transactions(account_hash)
     check(r.status_code == 200, "schwab-py get_transactions")
+    # The demo's guard rule: at most 100 shares per order. The client sees a
+    # 403 with the stable reason code; the simulator never sees the order.
+    r = c.place_order(account_hash, equity_buy_limit("AAPL", 500, "150.00"))
+    check(r.status_code == 403 and r.json().get("reason") == "order_quantity_limit",
+          "schwab-py place_order over the demo limit → 403 order_quantity_limit")
 
 
 def schwabdev_db(path, key):
