@@ -497,3 +497,36 @@ async fn a_shadow_policy_set_is_evaluated_and_counted_but_never_enforced() {
     );
     assert!(!metrics.contains("shadow_disagreements_total{action=\"ViewMarketData\""));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_policies() {
+    // The file watcher is off, so only the signal can apply the change.
+    let h = Harness::start_with(SimOptions::default(), |c| c.policies.watch = false).await;
+    let before = h.admin_get("/readyz").await.json()["policy_hash"].clone();
+    let tighter = std::fs::read_to_string(h.policy_dir().join("max-order-quantity.cedar"))
+        .unwrap()
+        .replace("> 100", "> 5");
+    std::fs::write(h.policy_dir().join("max-order-quantity.cedar"), tighter).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.admin_get("/readyz").await.json()["policy_hash"],
+        before,
+        "with watch off, nothing reloads by itself"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.admin_get("/readyz").await.json()["policy_hash"] == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (r, reached) = send_traced(&h, "POST", &order_path(&h, 0), TRADER, Some(LIMIT_ORDER)).await;
+    assert_denied(&r, reached, "order_quantity_limit");
+}
