@@ -32,8 +32,9 @@ const MAX_SYMBOL_BYTES: usize = 64;
 const ECHO_CHARS: usize = 40;
 const OPTION_MULTIPLIER: i128 = 100;
 
-// Enum values from the Trader API's OpenAPI and schwab-py (reference §4.2).
-const INSTRUCTIONS: &[&str] = &[
+// Enum values from the Trader API's OpenAPI and schwab-py (reference §4.2);
+// the simulator validates against the same lists.
+pub const INSTRUCTIONS: &[&str] = &[
     "BUY",
     "SELL",
     "BUY_TO_COVER",
@@ -45,7 +46,7 @@ const INSTRUCTIONS: &[&str] = &[
     "EXCHANGE",
     "SELL_SHORT_EXEMPT",
 ];
-const ORDER_TYPES: &[&str] = &[
+pub const ORDER_TYPES: &[&str] = &[
     "MARKET",
     "LIMIT",
     "STOP",
@@ -61,7 +62,7 @@ const ORDER_TYPES: &[&str] = &[
     "NET_ZERO",
     "LIMIT_ON_CLOSE",
 ];
-const DURATIONS: &[&str] = &[
+pub const DURATIONS: &[&str] = &[
     "DAY",
     "GOOD_TILL_CANCEL",
     "FILL_OR_KILL",
@@ -70,8 +71,8 @@ const DURATIONS: &[&str] = &[
     "END_OF_MONTH",
     "NEXT_END_OF_MONTH",
 ];
-const SESSIONS: &[&str] = &["NORMAL", "AM", "PM", "SEAMLESS"];
-const STRATEGIES: &[&str] = &[
+pub const SESSIONS: &[&str] = &["NORMAL", "AM", "PM", "SEAMLESS"];
+pub const STRATEGIES: &[&str] = &[
     "SINGLE",
     "CANCEL",
     "RECALL",
@@ -105,7 +106,7 @@ const COMPLEX_STRATEGIES: &[&str] = &[
     "MUTUAL_FUND_SWAP",
     "CUSTOM",
 ];
-const ASSET_TYPES: &[&str] = &[
+pub const ASSET_TYPES: &[&str] = &[
     "EQUITY",
     "OPTION",
     "INDEX",

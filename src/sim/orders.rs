@@ -12,65 +12,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{Account, Query, market};
 
-const INSTRUCTIONS: &[&str] = &[
-    "BUY",
-    "SELL",
-    "BUY_TO_COVER",
-    "SELL_SHORT",
-    "BUY_TO_OPEN",
-    "BUY_TO_CLOSE",
-    "SELL_TO_OPEN",
-    "SELL_TO_CLOSE",
-    "EXCHANGE",
-    "SELL_SHORT_EXEMPT",
-];
-const ORDER_TYPES: &[&str] = &[
-    "MARKET",
-    "LIMIT",
-    "STOP",
-    "STOP_LIMIT",
-    "TRAILING_STOP",
-    "CABINET",
-    "NON_MARKETABLE",
-    "MARKET_ON_CLOSE",
-    "EXERCISE",
-    "TRAILING_STOP_LIMIT",
-    "NET_DEBIT",
-    "NET_CREDIT",
-    "NET_ZERO",
-    "LIMIT_ON_CLOSE",
-];
-const DURATIONS: &[&str] = &[
-    "DAY",
-    "GOOD_TILL_CANCEL",
-    "FILL_OR_KILL",
-    "IMMEDIATE_OR_CANCEL",
-    "END_OF_WEEK",
-    "END_OF_MONTH",
-    "NEXT_END_OF_MONTH",
-];
-const SESSIONS: &[&str] = &["NORMAL", "AM", "PM", "SEAMLESS"];
-const STRATEGIES: &[&str] = &[
-    "SINGLE",
-    "CANCEL",
-    "RECALL",
-    "PAIR",
-    "FLATTEN",
-    "TWO_DAY_SWAP",
-    "BLAST_ALL",
-    "OCO",
-    "TRIGGER",
-];
-const ASSET_TYPES: &[&str] = &[
-    "EQUITY",
-    "OPTION",
-    "INDEX",
-    "MUTUAL_FUND",
-    "CASH_EQUIVALENT",
-    "FIXED_INCOME",
-    "CURRENCY",
-    "COLLECTIVE_INVESTMENT",
-];
+use crate::pipeline::order::{
+    ASSET_TYPES, DURATIONS, INSTRUCTIONS, ORDER_TYPES, SESSIONS, STRATEGIES,
+};
+
 const NEEDS_PRICE: &[&str] = &[
     "LIMIT",
     "STOP_LIMIT",
