@@ -43,7 +43,7 @@ const GEN_CALLERS: usize = 200;
 const GEN_ACCOUNTS: usize = 50;
 
 fn gen_account_hash(i: usize) -> String {
-    format!("{:064X}", 0xA11CE_0000_u64 + i as u64)
+    format!("{:064X}", 0xA11C_E000_u64 + i as u64)
 }
 
 /// The demo's four callers and two accounts, plus generated callers and
