@@ -351,6 +351,14 @@ fn decisions(c: &mut Criterion, f: &Fixture, o: &Orders) {
     }
     g.finish();
 
+    // The part of a decision spent building the Cedar request (principal,
+    // action, resource, context with the order record) before evaluation.
+    for (name, i, _) in &cases {
+        c.bench_function(&format!("policy/build_request/{name}"), |b| {
+            b.iter(|| black_box(f.shipped.request(black_box(i))))
+        });
+    }
+
     // Through the engine (Arc clone under the read lock), as the proxy does.
     let engine = Engine::load(shipped_source(), f.directory.clone()).expect("engine");
     let (_, b_input, _) = &cases[1];

@@ -8,18 +8,19 @@
 
 use time::{Date, Month, OffsetDateTime};
 
-/// `YYYY-MM-DDThh:mm:ss.sssZ`, the form Cedar's `datetime()` accepts.
+/// `YYYY-MM-DDThh:mm:ssZ`, a form Cedar's `datetime()` accepts. Whole
+/// seconds: enough for any time rule, and it lets the request context
+/// reuse one built value per second (see `context::ext`).
 pub fn cedar_datetime(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-        t.millisecond()
     )
 }
 
@@ -67,11 +68,11 @@ mod tests {
     fn formats_cedar_datetimes_in_utc() {
         assert_eq!(
             cedar_datetime(datetime!(2026-12-04 18:45:25.123 UTC)),
-            "2026-12-04T18:45:25.123Z"
+            "2026-12-04T18:45:25Z"
         );
         assert_eq!(
             cedar_datetime(datetime!(2026-12-04 13:45:25 -5)),
-            "2026-12-04T18:45:25.000Z"
+            "2026-12-04T18:45:25Z"
         );
     }
 

@@ -17,8 +17,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
-    Request, RestrictedExpression, Schema,
+    ActionConstraint, Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema,
 };
 
 use crate::config::{Config, Environment, Role};
@@ -178,6 +178,10 @@ pub struct Active {
     entities: Entities,
     /// Entity type names, parsed once.
     types: context::Types,
+    /// Per action, the policies whose action scope can match it. Cedar
+    /// evaluates every policy it is given; a guard on orders has nothing
+    /// to say about a quote, and skipping it is most of a decision's cost.
+    by_action: HashMap<String, PolicySet>,
 }
 
 impl Active {
@@ -196,11 +200,20 @@ impl Active {
                 message: e,
             }]
         })?;
+        let by_action = slice_by_action(&bundle);
         Ok(Active {
             bundle,
             entities,
             types,
+            by_action,
         })
+    }
+
+    /// The policies to evaluate for `action`: its slice, or the whole set
+    /// for an action the slicing does not know (never fewer policies than
+    /// could apply).
+    fn policies_for(&self, action: &str) -> &PolicySet {
+        self.by_action.get(action).unwrap_or(&self.bundle.set)
     }
 
     /// Decides one request. Never panics; every failure is a deny.
@@ -212,7 +225,11 @@ impl Active {
                 return Decision::deny(REASON_POLICY_ERROR, Vec::new());
             }
         };
-        let response = Authorizer::new().is_authorized(&request, &self.bundle.set, &self.entities);
+        let response = Authorizer::new().is_authorized(
+            &request,
+            self.policies_for(input.action),
+            &self.entities,
+        );
         let diagnostics = response.diagnostics();
         let mut erroring: Vec<String> = Vec::new();
         for e in diagnostics.errors() {
@@ -248,16 +265,13 @@ impl Active {
         }
     }
 
-    fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
+    /// The Cedar request for `input` (public for the benches).
+    pub fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
         let (principal, action, resource, context) = self.types.parts(input)?;
-        Request::new(
-            principal,
-            action,
-            resource,
-            context,
-            Some(&self.bundle.schema),
-        )
-        .map_err(|e| e.to_string())
+        // No per-request schema check: the context is built by this module
+        // in the schema's shape, and a mismatch could only make a policy
+        // error out or not match — a deny either way (see `decide`).
+        Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())
     }
 
     /// Whether the schema declares `action` (route actions are checked at load).
@@ -267,6 +281,41 @@ impl Active {
             .actions()
             .any(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == action)
     }
+}
+
+/// Splits the set by action. A policy goes into an action's slice unless
+/// its action scope certainly excludes that action: `action == X` with X
+/// another action, or `action in [..]` naming neither the action nor any
+/// group it belongs to (groups from the schema, transitively). If the
+/// schema's action hierarchy cannot be read, there are no slices and every
+/// decision sees the whole set.
+fn slice_by_action(bundle: &PolicyBundle) -> HashMap<String, PolicySet> {
+    let mut out = HashMap::new();
+    let Ok(actions) = bundle.schema.action_entities() else {
+        return out;
+    };
+    for action in bundle.schema.actions() {
+        let mut related: HashSet<&EntityUid> = HashSet::from([action]);
+        if let Some(ancestors) = actions.ancestors(action) {
+            related.extend(ancestors);
+        }
+        let mut slice = PolicySet::new();
+        let mut complete = true;
+        for p in bundle.set.policies() {
+            let applies = match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => &a == action,
+                ActionConstraint::In(list) => list.iter().any(|a| related.contains(a)),
+            };
+            if applies && slice.add(p.clone()).is_err() {
+                complete = false;
+            }
+        }
+        if complete {
+            out.insert(action.id().unescaped().to_owned(), slice);
+        }
+    }
+    out
 }
 
 /// The live policy set, its source and the entities' source; reloadable.
@@ -447,5 +496,86 @@ pub fn effect_name(e: Effect) -> &'static str {
     match e {
         Effect::Permit => "permit",
         Effect::Forbid => "forbid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn shipped() -> Active {
+        let files = source::EMBEDDED
+            .iter()
+            .map(|(n, _)| PathBuf::from(n))
+            .filter(|n| n.extension().is_some_and(|x| x == "cedar"))
+            .collect();
+        let bundle = PolicyBundle::load(&PolicySource::Embedded { files }).expect("shipped set");
+        Active::new(bundle, &Directory::default()).expect("entities")
+    }
+
+    fn ids(set: &PolicySet) -> Vec<String> {
+        let mut v: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn slices_keep_every_policy_whose_scope_can_match() {
+        let a = shipped();
+        let quotes = ids(a.policies_for("ViewMarketData"));
+        assert_eq!(quotes, ["viewer-read-api", "viewer-read-own-accounts"]);
+        let place = ids(a.policies_for("PlaceOrder"));
+        for expected in [
+            "trader-trade-own-accounts",
+            "guard-max-order-quantity",
+            "guard-symbol-deny-list",
+            "guard-market-hours",
+            "guard-trading-ip-range",
+            "guard-no-options",
+        ] {
+            assert!(
+                place.contains(&expected.to_owned()),
+                "{expected} missing from {place:?}"
+            );
+        }
+        assert!(!place.contains(&"viewer-read-api".to_owned()));
+        // Cancel is in the Trade group: the IP-range guard (action in
+        // Trade) applies, the quantity guard (Place / Replace) does not.
+        let cancel = ids(a.policies_for("CancelOrder"));
+        assert!(cancel.contains(&"guard-trading-ip-range".to_owned()));
+        assert!(!cancel.contains(&"guard-max-order-quantity".to_owned()));
+        let rotate = ids(a.policies_for("RotateCredentials"));
+        assert_eq!(
+            rotate,
+            ["guard-mfa-for-credentials", "superadmin-credentials"]
+        );
+        // Every action of the schema has a slice; an unknown one gets the
+        // whole set.
+        assert_eq!(a.by_action.len(), a.bundle.schema.actions().count());
+        assert_eq!(
+            a.policies_for("NoSuchAction").policies().count(),
+            a.bundle.policy_count()
+        );
+    }
+
+    #[test]
+    fn unconstrained_action_scopes_are_in_every_slice() {
+        let files = vec![
+            (
+                "schema.cedarschema".to_owned(),
+                source::EMBEDDED[0].1.to_owned(),
+            ),
+            (
+                "any.cedar".to_owned(),
+                "@id(\"deny-all\") forbid (principal, action, resource);".to_owned(),
+            ),
+        ];
+        let bundle = source::build(files).expect("valid");
+        let a = Active::new(bundle, &Directory::default()).expect("entities");
+        for action in a.bundle.schema.actions() {
+            let name = action.id().unescaped();
+            assert_eq!(ids(a.policies_for(name)), ["deny-all"], "{name}");
+        }
     }
 }
