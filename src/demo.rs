@@ -253,7 +253,7 @@ portcullis demo is running.
   proxy      https://{p}   (trust {ca})
   simulator  https://{sim}   (stand-in for api.schwabapi.com)
   admin      http://{admin}/metrics  /healthz  /readyz
-  policies   {policies}   (edit and save: reloaded within 2 s)
+  policies   {policies}   (edit and save: applied within seconds)
 
   demo keys (Authorization: Bearer <key>):
     demo-viewer-key       Viewer

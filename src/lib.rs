@@ -191,13 +191,13 @@ fn load_policies(
                 .collect(),
         })
     };
-    let engine = policy::Engine::load(source.clone(), policy::Directory::from_config(config))
-        .map_err(|i| as_config_error(&source, i))?;
-    let issues =
-        policy::check_route_actions(&engine.current(), routes.routes.iter().map(|r| &*r.action));
-    if !issues.is_empty() {
-        return Err(as_config_error(&source, issues));
-    }
+    let actions = routes.routes.iter().map(|r| r.action.to_string()).collect();
+    let engine = policy::Engine::load_requiring(
+        source.clone(),
+        policy::Directory::from_config(config),
+        actions,
+    )
+    .map_err(|i| as_config_error(&source, i))?;
     Ok(engine)
 }
 
@@ -330,6 +330,10 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
             // was loading is still seen. A broken state is tried once, not
             // every tick.
             let mut failed: Option<String> = None;
+            // A change is applied once the files have stayed the same for a
+            // whole poll, so a file caught half-written by `cp` or an editor
+            // is not loaded (a truncated guard would be a valid, weaker set).
+            let mut settling: Option<String> = None;
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -344,14 +348,20 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
                     .flatten();
                 let Some(state) = changed else {
                     failed = None;
+                    settling = None;
                     continue;
                 };
                 if failed.as_ref() == Some(&state) {
                     continue;
                 }
+                if settling.as_ref() != Some(&state) {
+                    settling = Some(state);
+                    continue;
+                }
+                settling = None;
                 let p = proxy.clone();
                 let ok = tokio::task::spawn_blocking(move || {
-                    p.reload_policies("file_change").is_ok() && p.policy_files_changed().is_none()
+                    p.reload_policies("file_change").ok() && p.policy_files_changed().is_none()
                 })
                 .await
                 .unwrap_or(false);

@@ -214,3 +214,30 @@ fn policy_test_runs_the_shipped_suite_and_fails_on_a_wrong_expectation() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("ERROR"), "{out}");
 }
+
+#[test]
+fn policy_files_that_would_crash_the_parser_or_are_empty_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "policies/schema.cedarschema",
+        d.path().join("schema.cedarschema"),
+    )
+    .unwrap();
+    // Cedar's parser recurses per bracket; a few hundred levels overflow the
+    // stack and abort the process. The proxy refuses the file instead.
+    let deep = format!(
+        "@id(\"deep\")\npermit (principal, action, resource) when {{ {}context.mfa{} }};\n",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    write(&d, "deep.cedar", &deep);
+    let (code, _, err) = portcullis(&["policy", "validate", &d.path().display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nested deeper than 64"), "{err}");
+
+    std::fs::remove_file(d.path().join("deep.cedar")).unwrap();
+    write(&d, "empty.cedar", "// nothing here yet\n");
+    let (code, _, err) = portcullis(&["policy", "validate", &d.path().display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("contains no policy"), "{err}");
+}

@@ -399,8 +399,13 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
         std::fs::write(h.policy_dir().join(name), text).unwrap();
         let r = h.admin_post("/policies/reload", Some(ADMIN)).await;
         assert_eq!(r.status, 422, "{}", r.text());
-        let issues = r.json()["issues"].to_string();
+        let issues = r.json()["active"]["issues"].to_string();
         assert!(issues.contains(name), "the issue names the file: {issues}");
+        assert!(
+            !r.text().contains("no_such_field") && !r.text().contains("permit"),
+            "policy text stays in the log: {}",
+            r.text()
+        );
         assert_eq!(
             h.admin_get("/readyz").await.json()["policy_hash"],
             good_hash
@@ -412,7 +417,21 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
         assert_denied(&r, reached, "symbol_denied");
         std::fs::remove_file(h.policy_dir().join(name)).unwrap();
     }
-    // Both admin requests failed (the file watcher may have tried too).
+    // A schema that no longer declares an action the route table uses
+    // would deny that route for good: refused like a broken file.
+    let schema_path = h.policy_dir().join("schema.cedarschema");
+    let schema = std::fs::read_to_string(&schema_path).unwrap();
+    std::fs::write(
+        &schema_path,
+        schema.replace("action ViewMarketData, ", "action "),
+    )
+    .unwrap();
+    let r = h.admin_post("/policies/reload", Some(ADMIN)).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(quote_status(&h, VIEWER).await, 200);
+    std::fs::write(&schema_path, schema).unwrap();
+
+    // Every admin request failed (the file watcher may have tried too).
     let metrics = h.admin_get("/metrics").await.text();
     let failed: u64 = metrics
         .lines()
@@ -421,7 +440,7 @@ async fn a_broken_policy_file_keeps_the_old_set_serving() {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(failed >= 2, "{metrics}");
+    assert!(failed >= 3, "{metrics}");
 
     // A good change is picked up from the file alone (the watcher) and
     // applies to the next request.

@@ -118,25 +118,57 @@ impl Admin {
         }
         let p = self.proxy.clone();
         let result = tokio::task::spawn_blocking(move || p.reload_policies("admin")).await;
-        match result {
-            Ok(Ok(r)) => json(
-                StatusCode::OK,
-                serde_json::json!({"reloaded": r.changed, "policy_hash": r.hash, "request_id": rid})
-                    .to_string(),
-            ),
-            Ok(Err(issues)) => json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                serde_json::json!({
-                    "error": "policy_invalid",
-                    "message": "the new policy set was not applied; the previous set stays in force",
-                    "issues": issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-                    "request_id": rid,
+        let Ok(outcome) = result else {
+            return Reject::Internal.into_response(&rid);
+        };
+        // Where the problems are, not what they say: the messages quote
+        // policy text, which stays in the proxy's log.
+        let located = |issues: &[crate::policy::PolicyIssue]| {
+            issues
+                .iter()
+                .map(|i| match i.line {
+                    Some(l) => format!("{}:{l}", short_name(&i.file)),
+                    None => short_name(&i.file),
                 })
-                .to_string(),
-            ),
-            Err(_) => Reject::Internal.into_response(&rid),
+                .collect::<Vec<_>>()
+        };
+        let set_json =
+            |r: &Result<crate::policy::Reloaded, Vec<crate::policy::PolicyIssue>>| match r {
+                Ok(r) => serde_json::json!({"reloaded": r.changed, "policy_hash": r.hash}),
+                Err(issues) => {
+                    serde_json::json!({"error": "policy_invalid", "issues": located(issues)})
+                }
+            };
+        let mut body = serde_json::json!({
+            "active": set_json(&outcome.active),
+            "request_id": rid,
+        });
+        if let (Some(shadow), Some(obj)) = (&outcome.shadow, body.as_object_mut()) {
+            obj.insert("shadow".into(), set_json(shadow));
+        }
+        if outcome.ok() {
+            json(StatusCode::OK, body.to_string())
+        } else {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("error".into(), "policy_invalid".into());
+                obj.insert(
+                    "message".into(),
+                    "not applied; the previous set stays in force (details in the proxy log)"
+                        .into(),
+                );
+            }
+            json(StatusCode::UNPROCESSABLE_ENTITY, body.to_string())
         }
     }
+}
+
+/// The file name of a policy issue's location, without directories (no
+/// host paths in responses).
+fn short_name(file: &str) -> String {
+    std::path::Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into())
 }
 
 fn json(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {

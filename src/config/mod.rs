@@ -75,7 +75,8 @@ pub struct AccountConfig {
     /// Schwab's account hash (`hashValue` from `/accounts/accountNumbers`).
     pub hash: String,
     /// Environment of the account, as policies see it (`resource.environment`).
-    #[serde(default)]
+    /// Required: an unlabelled account must not silently escape a rule
+    /// written for production accounts.
     pub environment: Environment,
 }
 

@@ -231,6 +231,18 @@ impl Proxy {
         if !takes_order {
             return Ok(());
         }
+        // The body forwarded is the body judged: refuse anything that could
+        // make the upstream read it differently.
+        if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+            ctx.detail = Some("more than one Content-Type header".into());
+            return Err(Reject::BadOrder("bad_content_type"));
+        }
+        if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+            && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            ctx.detail = Some("order bodies are accepted without Content-Encoding only".into());
+            return Err(Reject::BadOrder("unsupported_content_encoding"));
+        }
         let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
         match order::parse_order(content_type, body) {
             Ok(o) => {
@@ -300,17 +312,17 @@ impl Proxy {
         }
     }
 
-    /// Reloads the active policy set and the shadow set (if any). The
-    /// active set's outcome is returned; the shadow's is logged and counted.
-    pub fn reload_policies(
-        &self,
-        trigger: &str,
-    ) -> Result<crate::policy::Reloaded, Vec<crate::policy::PolicyIssue>> {
+    /// Reloads the active policy set and the shadow set (if any), each
+    /// reported in metrics and the log.
+    pub fn reload_policies(&self, trigger: &str) -> ReloadOutcome {
         use crate::policy::{SET_ACTIVE, SET_SHADOW, reload_and_report};
-        if let Some(shadow) = &self.shadow {
-            let _ = reload_and_report(shadow, &self.metrics, trigger, SET_SHADOW);
+        ReloadOutcome {
+            shadow: self
+                .shadow
+                .as_ref()
+                .map(|s| reload_and_report(s, &self.metrics, trigger, SET_SHADOW)),
+            active: reload_and_report(&self.policy, &self.metrics, trigger, SET_ACTIVE),
         }
-        reload_and_report(&self.policy, &self.metrics, trigger, SET_ACTIVE)
     }
 
     /// Whether any policy source's files differ from the set loaded from it.
@@ -404,6 +416,18 @@ impl Proxy {
             upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),
             "request"
         );
+    }
+}
+
+/// What a reload did to each policy set.
+pub struct ReloadOutcome {
+    pub active: Result<crate::policy::Reloaded, Vec<crate::policy::PolicyIssue>>,
+    pub shadow: Option<Result<crate::policy::Reloaded, Vec<crate::policy::PolicyIssue>>>,
+}
+
+impl ReloadOutcome {
+    pub fn ok(&self) -> bool {
+        self.active.is_ok() && !matches!(self.shadow, Some(Err(_)))
     }
 }
 

@@ -83,6 +83,12 @@ pub const STRATEGIES: &[&str] = &[
     "OCO",
     "TRIGGER",
 ];
+/// The strategies whose effect is the sum of their legs. The others (CANCEL,
+/// RECALL, PAIR, FLATTEN, TWO_DAY_SWAP, BLAST_ALL) act on orders or positions
+/// the body does not describe, so a policy judging legs cannot see what they
+/// do; [`STRATEGIES`] stays the full list because the simulator validates
+/// Schwab's enum with it.
+const ACCEPTED_STRATEGIES: &[&str] = &["SINGLE", "OCO", "TRIGGER"];
 const COMPLEX_STRATEGIES: &[&str] = &[
     "NONE",
     "COVERED",
@@ -124,6 +130,89 @@ const NEEDS_PRICE: &[&str] = &[
     "NET_CREDIT",
 ];
 const NEEDS_STOP: &[&str] = &["STOP", "STOP_LIMIT"];
+/// Order types that execute at `price`; on any other type a price would be
+/// judged by a policy but ignored (or reinterpreted) by Schwab.
+const USES_PRICE: &[&str] = &[
+    "LIMIT",
+    "STOP_LIMIT",
+    "LIMIT_ON_CLOSE",
+    "NET_DEBIT",
+    "NET_CREDIT",
+    "TRAILING_STOP_LIMIT",
+];
+/// Order types that read `stopPrice`.
+const USES_STOP: &[&str] = &["STOP", "STOP_LIMIT", "TRAILING_STOP", "TRAILING_STOP_LIMIT"];
+/// The only types whose stop may move with the market (`stopPriceLink*`,
+/// `stopPriceOffset`): the trail is what the caller asked for there.
+const TRAILING: &[&str] = &["TRAILING_STOP", "TRAILING_STOP_LIMIT"];
+/// Order types whose `price` caps what one unit costs. A trailing limit
+/// moves with the market and a net credit is money received, so neither
+/// bounds the exposure.
+const NOTIONAL_PRICE: &[&str] = &["LIMIT", "STOP_LIMIT", "LIMIT_ON_CLOSE", "NET_DEBIT"];
+
+// Every key Schwab documents at each level (reference §4.1). Anything else
+// is refused: Schwab may read a key the proxy does not (a case variant such
+// as `Quantity`, a field added later), and what is not judged must not pass.
+const ORDER_KEYS: &[&str] = &[
+    "session",
+    "duration",
+    "orderType",
+    "orderStrategyType",
+    "complexOrderStrategyType",
+    "price",
+    "stopPrice",
+    "quantity",
+    "orderLegCollection",
+    "childOrderStrategies",
+    "cancelTime",
+    "releaseTime",
+    "specialInstruction",
+    "taxLotMethod",
+    "destinationLinkName",
+    "requestedDestination",
+    "stopType",
+    "stopPriceLinkBasis",
+    "stopPriceLinkType",
+    "stopPriceOffset",
+    "priceLinkBasis",
+    "priceLinkType",
+    "activationPrice",
+];
+const LEG_KEYS: &[&str] = &[
+    "instruction",
+    "quantity",
+    "instrument",
+    "positionEffect",
+    "quantityType",
+    "divCapGains",
+    "toSymbol",
+];
+const INSTRUMENT_KEYS: &[&str] = &["symbol", "assetType"];
+
+// Enums of the optional fields (reference §4.2), checked so a value Schwab
+// might read in a way the proxy does not is refused rather than forwarded.
+const STOP_TYPES: &[&str] = &["STANDARD", "BID", "ASK", "LAST", "MARK"];
+const LINK_BASES: &[&str] = &[
+    "MANUAL", "BASE", "TRIGGER", "LAST", "BID", "ASK", "ASK_BID", "MARK", "AVERAGE",
+];
+const LINK_TYPES: &[&str] = &["VALUE", "PERCENT", "TICK"];
+const SPECIAL_INSTRUCTIONS: &[&str] =
+    &["ALL_OR_NONE", "DO_NOT_REDUCE", "ALL_OR_NONE_DO_NOT_REDUCE"];
+const TAX_LOT_METHODS: &[&str] = &[
+    "FIFO",
+    "LIFO",
+    "HIGH_COST",
+    "LOW_COST",
+    "AVERAGE_COST",
+    "SPECIFIC_LOT",
+    "LOSS_HARVESTER",
+];
+const DESTINATIONS: &[&str] = &[
+    "INET", "ECN_ARCA", "CBOE", "AMEX", "PHLX", "ISE", "BOX", "NYSE", "NASDAQ", "BATS", "C2",
+    "AUTO",
+];
+const POSITION_EFFECTS: &[&str] = &["OPENING", "CLOSING", "AUTOMATIC"];
+const QUANTITY_TYPES: &[&str] = &["ALL_SHARES", "DOLLARS", "SHARES"];
 
 /// A signed decimal with at most 4 fractional digits, stored as value × 10_000.
 ///
@@ -221,9 +310,12 @@ pub struct OrderSummary {
     pub order_count: usize,
     /// Max over every leg quantity and every node-level `quantity`.
     pub max_quantity: i64,
+    /// The size of the biggest order in the tree: per node its `quantity`
+    /// (never below its largest leg), else the sum of its legs.
+    pub max_order_quantity: i64,
     /// Sum of every leg quantity.
     pub total_quantity: i64,
-    /// Distinct, sorted.
+    /// Distinct, sorted: every leg's symbol and every `toSymbol`.
     pub symbols: Vec<String>,
     pub instructions: Vec<String>,
     pub asset_types: Vec<String>,
@@ -231,9 +323,16 @@ pub struct OrderSummary {
     pub order_types: Vec<String>,
     /// Distinct `orderStrategyType` values over all nodes, sorted.
     pub strategies: Vec<String>,
-    /// Σ over nodes with legs of (price, else stopPrice) × quantity × (100
-    /// if any leg is an OPTION): an upper bound, since OCO siblings are all
-    /// counted. `None` when any node with legs has no price (e.g. MARKET).
+    /// Distinct `session` values over all nodes, sorted: a rule on the
+    /// session must hold for child orders too.
+    pub sessions: Vec<String>,
+    /// Distinct `duration` values over all nodes, sorted.
+    pub durations: Vec<String>,
+    /// Σ over nodes with legs of price × quantity × (100 if any leg is an
+    /// OPTION): an upper bound, since OCO siblings are all counted. Only a
+    /// LIMIT, STOP_LIMIT, LIMIT_ON_CLOSE or NET_DEBIT price caps what a
+    /// fill costs, so `None` when any node with legs is of another type
+    /// (MARKET, STOP, TRAILING_*, NET_CREDIT, ...).
     pub notional: Option<Decimal4>,
 }
 
@@ -694,13 +793,23 @@ fn quantity_field(o: &Obj, key: &str, at: At<'_>) -> Result<Option<i64>, OrderEr
         })
 }
 
+/// Checks `key` as a symbol, `None` when absent.
+///
 /// Printable ASCII only, and no leading or trailing space: `" AAPL"` would
 /// slip past a policy comparing symbols byte for byte if Schwab trims it.
-fn symbol_field<'v>(o: &'v Obj, at: At<'_>) -> Result<&'v str, OrderError> {
-    let s = match o.get("symbol") {
-        None => return Err(required(at, "symbol")),
+/// For the same reason no lower case (Schwab's symbols are upper case, so
+/// `gme` would dodge a rule naming `GME` if Schwab folds case), and no inner
+/// space except in an OSI option symbol, which pads the root with spaces.
+fn symbol_value<'v>(
+    o: &'v Obj,
+    key: &str,
+    asset_type: &str,
+    at: At<'_>,
+) -> Result<Option<&'v str>, OrderError> {
+    let s = match o.get(key) {
+        None => return Ok(None),
         Some(Value::String(s)) => s,
-        Some(_) => return Err(invalid(at.key("symbol"), "must be a string")),
+        Some(_) => return Err(invalid(at.key(key), "must be a string")),
     };
     let printable = s.bytes().all(|b| (0x20..=0x7e).contains(&b));
     if s.is_empty()
@@ -710,13 +819,127 @@ fn symbol_field<'v>(o: &'v Obj, at: At<'_>) -> Result<&'v str, OrderError> {
         || s.ends_with(' ')
     {
         return Err(invalid(
-            at.key("symbol"),
+            at.key(key),
             format!(
                 "must be 1 to {MAX_SYMBOL_BYTES} printable ASCII characters without leading or trailing spaces"
             ),
         ));
     }
-    Ok(s)
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(invalid(
+            at.key(key),
+            "must not contain lower-case letters (Schwab symbols are upper case)",
+        ));
+    }
+    if asset_type != "OPTION" && s.contains(' ') {
+        return Err(invalid(
+            at.key(key),
+            format!(
+                "must not contain spaces in a {asset_type} symbol (only OPTION symbols have them)"
+            ),
+        ));
+    }
+    Ok(Some(s))
+}
+
+/// Refuses the first key (in map order) not in `allowed`.
+fn known_keys(o: &Obj, allowed: &[&str], at: At<'_>) -> Result<(), OrderError> {
+    match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(invalid(at, format!("unknown field `{}`", clip(k)))),
+        None => Ok(()),
+    }
+}
+
+/// Free-form fields Schwab reads as strings: anything else is refused
+/// rather than left to Schwab to coerce.
+fn string_field(o: &Obj, key: &str, at: At<'_>) -> Result<(), OrderError> {
+    match o.get(key) {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(invalid(at.key(key), "must be a string")),
+    }
+}
+
+/// `"a MARKET order"`; an OCO parent may have no `orderType`.
+fn order_kind(order_type: Option<&str>) -> String {
+    match order_type {
+        Some(t) => format!("a {t} order"),
+        None => "an order without an orderType".to_owned(),
+    }
+}
+
+/// The price fields must mean what a policy reads from them: each present
+/// only on order types that use it, and no price that Schwab would move
+/// relative to the market.
+fn pricing_rules(
+    o: &Obj,
+    order_type: Option<&str>,
+    price: Option<Decimal4>,
+    stop_price: Option<Decimal4>,
+    at: At<'_>,
+) -> Result<(), OrderError> {
+    let kind = order_kind(order_type);
+    let is = |list: &[&str]| order_type.is_some_and(|t| list.contains(&t));
+    if let Some(t) = order_type {
+        if NEEDS_PRICE.contains(&t) && price.is_none() {
+            return Err(invalid(at.key("price"), format!("is required for {kind}")));
+        }
+        if NEEDS_STOP.contains(&t) && stop_price.is_none() {
+            return Err(invalid(
+                at.key("stopPrice"),
+                format!("is required for {kind}"),
+            ));
+        }
+    }
+    if price.is_some() && !is(USES_PRICE) {
+        return Err(invalid(at.key("price"), format!("is not used by {kind}")));
+    }
+    if stop_price.is_some() && !is(USES_STOP) {
+        return Err(invalid(
+            at.key("stopPrice"),
+            format!("is not used by {kind}"),
+        ));
+    }
+
+    enum_field(o, "stopPriceLinkBasis", LINK_BASES, at)?;
+    enum_field(o, "stopPriceLinkType", LINK_TYPES, at)?;
+    if !is(TRAILING) {
+        for key in ["stopPriceLinkBasis", "stopPriceLinkType", "stopPriceOffset"] {
+            if o.contains_key(key) {
+                return Err(invalid(
+                    at.key(key),
+                    format!(
+                        "is only accepted on a TRAILING_STOP or TRAILING_STOP_LIMIT order, not on {kind}"
+                    ),
+                ));
+            }
+        }
+    }
+
+    // A linked price is an offset from a market quote: the limit Schwab
+    // works is not the `price` the policy judged. MANUAL is the plain price.
+    let basis = enum_field(o, "priceLinkBasis", LINK_BASES, at)?;
+    let link_type = enum_field(o, "priceLinkType", LINK_TYPES, at)?;
+    match basis {
+        Some("MANUAL") => {}
+        Some(b) => {
+            return Err(invalid(
+                at.key("priceLinkBasis"),
+                format!(
+                    "{b} makes the price relative to the market, which the proxy cannot judge; only MANUAL is accepted"
+                ),
+            ));
+        }
+        None if link_type.is_some() => {
+            return Err(invalid(
+                at.key("priceLinkType"),
+                "is only accepted with priceLinkBasis MANUAL",
+            ));
+        }
+        None => {}
+    }
+    // Which quote triggers the stop, not the size or the limit.
+    enum_field(o, "stopType", STOP_TYPES, at)?;
+    Ok(())
 }
 
 /// The root node's own fields, reported as-is in the summary.
@@ -734,10 +957,15 @@ struct Walk {
     legs: Vec<OrderLeg>,
     nodes: usize,
     max_quantity: i64,
+    max_order_quantity: i64,
     total_quantity: i64,
+    symbols: BTreeSet<String>,
     order_types: BTreeSet<String>,
     strategies: BTreeSet<String>,
-    /// In units of 1e-4; `None` once a node with legs has no price.
+    sessions: BTreeSet<String>,
+    durations: BTreeSet<String>,
+    /// In units of 1e-4; `None` once a node with legs has no price that
+    /// caps its cost.
     notional: Option<i128>,
 }
 
@@ -759,8 +987,15 @@ impl Walk {
                 format!("more than {MAX_ORDER_NODES} orders in one request"),
             ));
         }
+        known_keys(o, ORDER_KEYS, at)?;
         let strategy = enum_field(o, "orderStrategyType", STRATEGIES, at)?
             .ok_or_else(|| required(at, "orderStrategyType"))?;
+        if !ACCEPTED_STRATEGIES.contains(&strategy) {
+            return Err(invalid(
+                at.key("orderStrategyType"),
+                format!("{strategy} orders are not supported through the proxy"),
+            ));
+        }
         let oco = strategy == "OCO";
         let complex = enum_field(o, "complexOrderStrategyType", COMPLEX_STRATEGIES, at)?;
         let order_type = enum_field(o, "orderType", ORDER_TYPES, at)?;
@@ -781,27 +1016,35 @@ impl Walk {
         let stop_price = price_field(o, "stopPrice", Sign::Positive, at)?;
         price_field(o, "activationPrice", Sign::Positive, at)?;
         price_field(o, "stopPriceOffset", Sign::Any, at)?;
-        if let Some(t) = order_type {
-            if NEEDS_PRICE.contains(&t) && price.is_none() {
-                return Err(invalid(
-                    at.key("price"),
-                    format!("is required for a {t} order"),
-                ));
-            }
-            if NEEDS_STOP.contains(&t) && stop_price.is_none() {
-                return Err(invalid(
-                    at.key("stopPrice"),
-                    format!("is required for a {t} order"),
-                ));
-            }
+        pricing_rules(o, order_type, price, stop_price, at)?;
+        enum_field(o, "specialInstruction", SPECIAL_INSTRUCTIONS, at)?;
+        enum_field(o, "taxLotMethod", TAX_LOT_METHODS, at)?;
+        enum_field(o, "requestedDestination", DESTINATIONS, at)?;
+        for key in ["cancelTime", "destinationLinkName"] {
+            string_field(o, key, at)?;
+        }
+        // A release time makes the order start later than the moment the
+        // policy judged it (market hours, for one); not judged, not sent.
+        if o.get("releaseTime").is_some() {
+            return Err(invalid(
+                at.key("releaseTime"),
+                "delayed release is not supported through the proxy",
+            ));
         }
         let node_quantity = quantity_field(o, "quantity", at)?;
         if let Some(q) = node_quantity {
             self.max_quantity = self.max_quantity.max(q);
+            self.max_order_quantity = self.max_order_quantity.max(q);
         }
         self.strategies.insert(strategy.to_owned());
         if let Some(t) = order_type {
             self.order_types.insert(t.to_owned());
+        }
+        if let Some(s) = session {
+            self.sessions.insert(s.to_owned());
+        }
+        if let Some(d) = duration {
+            self.durations.insert(d.to_owned());
         }
 
         match (o.get("orderLegCollection"), oco) {
@@ -813,7 +1056,11 @@ impl Walk {
             }
             (None, false) => return Err(required(at, "orderLegCollection")),
             (None, true) => {}
-            (Some(legs), false) => self.legs(legs, at, node_quantity, price.or(stop_price))?,
+            (Some(legs), false) => {
+                // Only a price that caps the cost of a unit bounds notional.
+                let cap = price.filter(|_| order_type.is_some_and(|t| NOTIONAL_PRICE.contains(&t)));
+                self.legs(legs, at, node_quantity, cap)?;
+            }
         }
 
         let kids_at = at.key("childOrderStrategies");
@@ -870,19 +1117,42 @@ impl Walk {
             let o = leg
                 .as_object()
                 .ok_or_else(|| invalid(leg_at, "a leg must be a JSON object"))?;
+            known_keys(o, LEG_KEYS, leg_at)?;
             let instruction = enum_field(o, "instruction", INSTRUCTIONS, leg_at)?
                 .ok_or_else(|| required(leg_at, "instruction"))?;
             let quantity = quantity_field(o, "quantity", leg_at)?
                 .ok_or_else(|| required(leg_at, "quantity"))?;
+            // ALL_SHARES and DOLLARS replace `quantity` with a size the
+            // policy never sees (a whole position, an amount of money).
+            match enum_field(o, "quantityType", QUANTITY_TYPES, leg_at)? {
+                None | Some("SHARES") => {}
+                Some(t) => {
+                    return Err(invalid(
+                        leg_at.key("quantityType"),
+                        format!(
+                            "{t} makes the quantity something the proxy cannot judge; only SHARES is accepted"
+                        ),
+                    ));
+                }
+            }
+            enum_field(o, "positionEffect", POSITION_EFFECTS, leg_at)?;
+            string_field(o, "divCapGains", leg_at)?;
             let inst_at = leg_at.key("instrument");
             let inst = match o.get("instrument") {
                 Some(Value::Object(m)) => m,
                 Some(_) => return Err(invalid(inst_at, "must be an object")),
                 None => return Err(required(leg_at, "instrument")),
             };
+            known_keys(inst, INSTRUMENT_KEYS, inst_at)?;
             let asset_type = enum_field(inst, "assetType", ASSET_TYPES, inst_at)?
                 .ok_or_else(|| required(inst_at, "assetType"))?;
-            let symbol = symbol_field(inst, inst_at)?;
+            let symbol = symbol_value(inst, "symbol", asset_type, inst_at)?
+                .ok_or_else(|| required(inst_at, "symbol"))?;
+            // What an EXCHANGE turns the position into: a symbol list rule
+            // must see it, so it joins `symbols` (it is not a leg of its own).
+            if let Some(to) = symbol_value(o, "toSymbol", asset_type, leg_at)? {
+                self.symbols.insert(to.to_owned());
+            }
 
             let overflow = || invalid(leg_at.key("quantity"), "quantities overflow");
             leg_sum = leg_sum.checked_add(quantity).ok_or_else(overflow)?;
@@ -893,6 +1163,7 @@ impl Walk {
             self.max_quantity = self.max_quantity.max(quantity);
             leg_max = leg_max.max(quantity);
             option |= asset_type == "OPTION";
+            self.symbols.insert(symbol.to_owned());
             self.legs.push(OrderLeg {
                 symbol: symbol.to_owned(),
                 instruction: instruction.to_owned(),
@@ -901,18 +1172,19 @@ impl Walk {
             });
         }
 
+        // A node-level quantity (multi-leg orders: the number of spreads)
+        // counts, but never below its largest leg, so a small top-level
+        // quantity cannot hide large legs.
+        let effective = node_quantity.map_or(leg_sum, |q| q.max(leg_max));
+        self.max_order_quantity = self.max_order_quantity.max(effective);
+
         let Some(price) = node_price else {
             self.notional = None;
             return Ok(());
         };
         let multiplier = if option { OPTION_MULTIPLIER } else { 1 };
         let node_notional = i128::from(price.0)
-            // A node-level quantity (multi-leg orders: the number of
-            // spreads) counts, but never below its largest leg, so a small
-            // top-level quantity cannot hide large legs.
-            .checked_mul(i128::from(
-                node_quantity.map_or(leg_sum, |q| q.max(leg_max)),
-            ))
+            .checked_mul(i128::from(effective))
             .and_then(|n| n.checked_mul(multiplier))
             .filter(|n| i64::try_from(*n).is_ok())
             .ok_or_else(|| notional_range(node_at))?;
@@ -943,9 +1215,13 @@ fn summarize(root: &Value) -> Result<OrderSummary, OrderError> {
         legs: Vec::new(),
         nodes: 0,
         max_quantity: 0,
+        max_order_quantity: 0,
         total_quantity: 0,
+        symbols: BTreeSet::new(),
         order_types: BTreeSet::new(),
         strategies: BTreeSet::new(),
+        sessions: BTreeSet::new(),
+        durations: BTreeSet::new(),
         notional: Some(0),
     };
     let head = w.node(root, At::Root)?;
@@ -965,12 +1241,15 @@ fn summarize(root: &Value) -> Result<OrderSummary, OrderError> {
         stop_price: head.stop_price,
         order_count: w.nodes,
         max_quantity: w.max_quantity,
+        max_order_quantity: w.max_order_quantity,
         total_quantity: w.total_quantity,
-        symbols: distinct(w.legs.iter().map(|l| l.symbol.as_str())),
+        symbols: w.symbols.into_iter().collect(),
         instructions: distinct(w.legs.iter().map(|l| l.instruction.as_str())),
         asset_types: distinct(w.legs.iter().map(|l| l.asset_type.as_str())),
         order_types: w.order_types.into_iter().collect(),
         strategies: w.strategies.into_iter().collect(),
+        sessions: w.sessions.into_iter().collect(),
+        durations: w.durations.into_iter().collect(),
         legs: w.legs,
         notional,
     })
@@ -1064,6 +1343,11 @@ mod tests {
             (s.order_count, s.max_quantity, s.total_quantity),
             (1, 10, 10)
         );
+        assert_eq!(s.max_order_quantity, 10);
+        assert_eq!(
+            (s.sessions, s.durations),
+            (strs(&["NORMAL"]), strs(&["DAY"]))
+        );
         assert_eq!(s.notional, None);
 
         let s = ok(&f(LIMIT_SELL));
@@ -1075,7 +1359,8 @@ mod tests {
         let s = ok(&f(STOP_SELL));
         assert_eq!(s.duration.as_deref(), Some("GOOD_TILL_CANCEL"));
         assert_eq!((s.price, s.stop_price), (None, Some(d("180"))));
-        assert_eq!(s.notional, Some(d("1800")));
+        // A stop fills at the market, whatever the trigger.
+        assert_eq!(s.notional, None);
 
         let s = ok(&f(OPTION_BUY));
         assert_eq!(s.complex_strategy.as_deref(), Some("NONE"));
@@ -1088,6 +1373,7 @@ mod tests {
         assert_eq!(s.complex_strategy.as_deref(), Some("VERTICAL"));
         assert_eq!(s.legs.len(), 2);
         assert_eq!((s.max_quantity, s.total_quantity), (1, 2));
+        assert_eq!(s.max_order_quantity, 1);
         assert_eq!(
             s.symbols,
             strs(&["AAPL  250620C00200000", "AAPL  250620C00210000"])
@@ -1102,7 +1388,13 @@ mod tests {
         assert_eq!((s.order_count, s.legs.len()), (3, 2));
         assert_eq!(s.strategies, strs(&["OCO", "SINGLE"]));
         assert_eq!(s.order_types, strs(&["LIMIT", "STOP"]));
-        assert_eq!(s.notional, Some(d("3900")));
+        assert_eq!(
+            (s.sessions, s.durations),
+            (strs(&["NORMAL"]), strs(&["DAY"]))
+        );
+        assert_eq!(s.max_order_quantity, 10);
+        // The STOP side has no price that caps its cost.
+        assert_eq!(s.notional, None);
 
         let s = ok(&f(OTOCO));
         assert_eq!(s.strategy, "TRIGGER");
@@ -1116,7 +1408,8 @@ mod tests {
         // Depth-first, root first.
         let instr: Vec<_> = s.legs.iter().map(|l| l.instruction.as_str()).collect();
         assert_eq!(instr, ["BUY", "SELL", "SELL"]);
-        assert_eq!(s.notional, Some(d("5800.0")));
+        assert_eq!(s.max_order_quantity, 10);
+        assert_eq!(s.notional, None);
     }
 
     #[test]
@@ -1238,9 +1531,15 @@ mod tests {
             r#""STOP","stopPrice":"180.00","quantity":101"#,
         );
         let s = ok(&body);
-        assert_eq!(s.max_quantity, 101);
+        assert_eq!((s.max_quantity, s.max_order_quantity), (101, 101));
+        assert_eq!(s.notional, None);
         // The node-level quantity drives that node's notional.
-        assert_eq!(s.notional, Some(d("22180")));
+        let body = edit(
+            OCO,
+            r#""STOP","stopPrice":"180.00""#,
+            r#""LIMIT","price":"180.00","quantity":101"#,
+        );
+        assert_eq!(ok(&body).notional, Some(d("20280")));
         let body = edit(OTOCO, r#""quantity":10}]}]}]}"#, r#""quantity":101}]}]}]}"#);
         let s = ok(&body);
         assert_eq!(s.max_quantity, 101);
@@ -1299,8 +1598,12 @@ mod tests {
 
     #[test]
     fn depth_limit() {
-        // The root object is level 1.
-        ok(&nested(MAX_DEPTH - 1));
+        // The root object is level 1. At the limit the depth check passes
+        // and the key allowlist is what refuses `x`.
+        assert_eq!(
+            parse(&nested(MAX_DEPTH - 1)).unwrap_err().message(),
+            "top level: unknown field `x`"
+        );
         let e = parse(&nested(MAX_DEPTH)).unwrap_err();
         assert_eq!(e.code(), "too_deep");
         assert!(
@@ -1439,14 +1742,15 @@ mod tests {
 
     #[test]
     fn other_price_fields() {
+        let trailing = edit(STOP_SELL, r#""STOP""#, r#""TRAILING_STOP""#);
         let body = edit(
-            STOP_SELL,
+            &trailing,
             r#""180.00""#,
             r#""180.00","stopPriceOffset":-0.5,"activationPrice":"200""#,
         );
         assert_eq!(ok(&body).stop_price, Some(d("180")));
         let body = edit(
-            STOP_SELL,
+            &trailing,
             r#""180.00""#,
             r#""180.00","stopPriceOffset":"0.00001""#,
         );
@@ -1575,12 +1879,14 @@ mod tests {
         let long = "A".repeat(MAX_SYMBOL_BYTES + 1);
         assert_eq!(code(&edit(MARKET_BUY, "AAPL", &long)), "invalid_order");
         ok(&edit(MARKET_BUY, "AAPL", &long[1..]));
-        // Unknown fields, of any type, are fine.
-        ok(&edit(
+        // Unknown fields are refused, whatever their type.
+        let e = parse(&edit(
             MARKET_BUY,
             "{",
             r#"{"taxLotMethod":"FIFO","extra":[null,true,{"a":1.5}],"#,
-        ));
+        ))
+        .unwrap_err();
+        assert_eq!(e.message(), "top level: unknown field `extra`");
     }
 
     #[test]
@@ -1592,9 +1898,15 @@ mod tests {
         let half = "500000000000000";
         let body = OCO
             .replace(r#""210.00""#, &format!("\"{half}\""))
-            .replace(r#""180.00""#, &format!("\"{half}\""))
+            .replace(
+                r#""STOP","stopPrice":"180.00""#,
+                &format!(r#""LIMIT","price":"{half}""#),
+            )
             .replace(r#""quantity":10"#, r#""quantity":1"#);
-        assert_eq!(code(&body), "invalid_order");
+        assert_eq!(
+            parse(&body).unwrap_err().message(),
+            "childOrderStrategies[1]: notional out of range"
+        );
         // No price anywhere in a node → no notional, but no range error either.
         let mixed = edit(
             OCO,
@@ -1670,6 +1982,418 @@ mod tests {
         }
     }
 
+    fn message(body: &str) -> String {
+        match parse(body) {
+            Ok(s) => panic!("accepted {body}: {s:?}"),
+            Err(e) => {
+                assert_eq!(e.code(), "invalid_order", "{}", e.message());
+                e.message()
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_order_key_refused() {
+        let body = edit(MARKET_BUY, "{", r#"{"Quantity":1000,"#);
+        assert_eq!(message(&body), "top level: unknown field `Quantity`");
+        let body = edit(
+            MARKET_BUY,
+            r#""quantity":10"#,
+            r#""quantity":10,"Quantity":1000"#,
+        );
+        assert_eq!(
+            message(&body),
+            "orderLegCollection[0]: unknown field `Quantity`"
+        );
+        // Another spelling that only differs by a control character, echoed
+        // escaped.
+        let body = edit(
+            MARKET_BUY,
+            r#""quantity":10"#,
+            r#""quantity":10,"quantity\u0000":1000"#,
+        );
+        assert_eq!(
+            message(&body),
+            "orderLegCollection[0]: unknown field `quantity\\u{0}`"
+        );
+        // Also deep in the tree, with the path of the node.
+        let body = edit(OTOCO, r#""STOP","#, r#""STOP","orderQuantity":5,"#);
+        assert_eq!(
+            message(&body),
+            "childOrderStrategies[0].childOrderStrategies[1]: unknown field `orderQuantity`"
+        );
+    }
+
+    #[test]
+    fn unknown_instrument_key_refused() {
+        for extra in [
+            r#""cusip":"037833100""#,
+            r#""Symbol":"GME""#,
+            r#""type":"EQUITY""#,
+        ] {
+            let body = edit(
+                MARKET_BUY,
+                r#""symbol":"AAPL""#,
+                &format!(r#""symbol":"AAPL",{extra}"#),
+            );
+            assert!(
+                message(&body).starts_with("orderLegCollection[0].instrument: unknown field `"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_time_refused() {
+        let body = edit(LIMIT_SELL, "{", r#"{"releaseTime":"2025-06-19","#);
+        let e = parse_order(JSON, body.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "invalid_order");
+        assert!(e.message().contains("releaseTime"), "{}", e.message());
+    }
+
+    #[test]
+    fn documented_optional_fields_accepted() {
+        let body = edit(
+            LIMIT_SELL,
+            "{",
+            r#"{"cancelTime":"2025-06-20","specialInstruction":"ALL_OR_NONE","taxLotMethod":"FIFO","destinationLinkName":"AutoRoute","requestedDestination":"AUTO","stopType":"STANDARD","priceLinkBasis":"MANUAL","priceLinkType":"VALUE","activationPrice":"400","#,
+        );
+        let body = edit(
+            &body,
+            r#""quantity":5"#,
+            r#""quantity":5,"positionEffect":"CLOSING","quantityType":"SHARES","divCapGains":"REINVEST""#,
+        );
+        assert_eq!(ok(&body).notional, Some(d("2127.5")));
+        for (from, to) in [
+            (r#""ALL_OR_NONE""#, r#""ALL_OR_SOME""#),
+            (r#""FIFO""#, r#""fifo""#),
+            (r#""AUTO""#, r#""DARK""#),
+            (r#""CLOSING""#, r#""CLOSE""#),
+            (r#""2025-06-20""#, "20250620"),
+            (r#""REINVEST""#, "true"),
+        ] {
+            assert_eq!(code(&edit(&body, from, to)), "invalid_order", "{to}");
+        }
+    }
+
+    #[test]
+    fn quantity_type_other_than_shares_refused() {
+        for t in ["ALL_SHARES", "DOLLARS"] {
+            let body = edit(
+                MARKET_BUY,
+                r#""quantity":10"#,
+                &format!(r#""quantity":10,"quantityType":"{t}""#),
+            );
+            assert_eq!(
+                message(&body),
+                format!(
+                    "orderLegCollection[0].quantityType: {t} makes the quantity something the proxy cannot judge; only SHARES is accepted"
+                )
+            );
+        }
+        let shares = edit(
+            MARKET_BUY,
+            r#""quantity":10"#,
+            r#""quantity":10,"quantityType":"SHARES""#,
+        );
+        assert_eq!(ok(&shares).total_quantity, 10);
+        assert_eq!(
+            code(&edit(&shares, r#""SHARES""#, r#""shares""#)),
+            "invalid_order"
+        );
+    }
+
+    #[test]
+    fn price_link_other_than_manual_refused() {
+        let body = edit(
+            LIMIT_SELL,
+            r#""425.50","#,
+            r#""425.50","priceLinkBasis":"ASK","priceLinkType":"PERCENT","#,
+        );
+        assert!(
+            message(&body)
+                .starts_with("priceLinkBasis: ASK makes the price relative to the market"),
+            "{}",
+            message(&body)
+        );
+        let body = edit(
+            LIMIT_SELL,
+            r#""425.50","#,
+            r#""425.50","priceLinkType":"TICK","#,
+        );
+        assert_eq!(
+            message(&body),
+            "priceLinkType: is only accepted with priceLinkBasis MANUAL"
+        );
+        let body = edit(
+            LIMIT_SELL,
+            r#""425.50","#,
+            r#""425.50","priceLinkBasis":"MANUAL","#,
+        );
+        assert_eq!(ok(&body).price, Some(d("425.5")));
+        let body = edit(
+            LIMIT_SELL,
+            r#""425.50","#,
+            r#""425.50","priceLinkBasis":"MANUAL","priceLinkType":"PERCENT","#,
+        );
+        assert_eq!(ok(&body).price, Some(d("425.5")));
+        let body = edit(
+            LIMIT_SELL,
+            r#""425.50","#,
+            r#""425.50","priceLinkBasis":"SOMEWHERE","#,
+        );
+        assert_eq!(code(&body), "invalid_order");
+    }
+
+    #[test]
+    fn stop_link_only_on_trailing_orders() {
+        let body = edit(
+            STOP_SELL,
+            r#""180.00""#,
+            r#""180.00","stopPriceOffset":"1.5""#,
+        );
+        assert_eq!(
+            message(&body),
+            "stopPriceOffset: is only accepted on a TRAILING_STOP or TRAILING_STOP_LIMIT order, not on a STOP order"
+        );
+        for extra in [
+            r#""stopPriceLinkBasis":"LAST""#,
+            r#""stopPriceLinkType":"PERCENT""#,
+        ] {
+            let body = edit(LIMIT_SELL, r#""425.50","#, &format!(r#""425.50",{extra},"#));
+            assert_eq!(code(&body), "invalid_order", "{extra}");
+        }
+        let trailing = edit(
+            STOP_SELL,
+            r#""STOP","stopPrice":"180.00""#,
+            r#""TRAILING_STOP","stopPriceLinkBasis":"MARK","stopPriceLinkType":"PERCENT","stopPriceOffset":5"#,
+        );
+        let s = ok(&trailing);
+        assert_eq!(
+            (s.order_type.as_deref(), s.notional),
+            (Some("TRAILING_STOP"), None)
+        );
+        let trailing_limit = edit(
+            &trailing,
+            r#""TRAILING_STOP""#,
+            r#""TRAILING_STOP_LIMIT","price":"170""#,
+        );
+        assert_eq!(ok(&trailing_limit).price, Some(d("170")));
+        assert_eq!(
+            code(&edit(&trailing, r#""MARK""#, r#""MOON""#)),
+            "invalid_order"
+        );
+    }
+
+    #[test]
+    fn stop_type_values() {
+        for t in STOP_TYPES {
+            let body = edit(
+                STOP_SELL,
+                r#""180.00""#,
+                &format!(r#""180.00","stopType":"{t}""#),
+            );
+            ok(&body);
+        }
+        let body = edit(STOP_SELL, r#""180.00""#, r#""180.00","stopType":"CLOSE""#);
+        assert_eq!(code(&body), "invalid_order");
+    }
+
+    #[test]
+    fn price_only_where_used() {
+        let body = edit(MARKET_BUY, r#""MARKET""#, r#""MARKET","price":"1.00""#);
+        assert_eq!(message(&body), "price: is not used by a MARKET order");
+        for t in [
+            "STOP",
+            "TRAILING_STOP",
+            "MARKET_ON_CLOSE",
+            "EXERCISE",
+            "CABINET",
+            "NON_MARKETABLE",
+            "NET_ZERO",
+        ] {
+            let body = edit(
+                MARKET_BUY,
+                r#""MARKET""#,
+                &format!(r#""{t}","price":"1.00","stopPrice":"1.00""#),
+            );
+            assert!(message(&body).starts_with("price: is not used by"), "{t}");
+        }
+        let body = edit(LIMIT_SELL, r#""425.50""#, r#""425.50","stopPrice":"400""#);
+        assert_eq!(message(&body), "stopPrice: is not used by a LIMIT order");
+        let body = edit(OCO, r#""OCO","#, r#""OCO","price":"1.00","#);
+        assert_eq!(
+            message(&body),
+            "price: is not used by an order without an orderType"
+        );
+        // In a grandchild, the path says where.
+        let body = edit(OTOCO, r#""STOP","#, r#""STOP","price":"179.00","#);
+        assert_eq!(
+            message(&body),
+            "childOrderStrategies[0].childOrderStrategies[1].price: is not used by a STOP order"
+        );
+        for t in USES_PRICE {
+            let stop = if NEEDS_STOP.contains(t) {
+                r#","stopPrice":"400""#
+            } else {
+                ""
+            };
+            let body = edit(LIMIT_SELL, r#""LIMIT""#, &format!(r#""{t}"{stop}"#));
+            assert_eq!(ok(&body).price, Some(d("425.5")), "{t}");
+        }
+    }
+
+    #[test]
+    fn unsupported_strategies_refused() {
+        for strategy in [
+            "CANCEL",
+            "RECALL",
+            "PAIR",
+            "FLATTEN",
+            "TWO_DAY_SWAP",
+            "BLAST_ALL",
+        ] {
+            assert!(STRATEGIES.contains(&strategy));
+            let body = edit(MARKET_BUY, r#""SINGLE""#, &format!("\"{strategy}\""));
+            assert_eq!(
+                message(&body),
+                format!("orderStrategyType: {strategy} orders are not supported through the proxy")
+            );
+        }
+        let body = edit(OTOCO, r#""OCO""#, r#""FLATTEN""#);
+        assert_eq!(
+            message(&body),
+            "childOrderStrategies[0].orderStrategyType: FLATTEN orders are not supported through the proxy"
+        );
+    }
+
+    #[test]
+    fn lower_case_symbol_refused() {
+        for sym in ["gme", "Gme", "GMe", "brk.b"] {
+            let body = edit(MARKET_BUY, "AAPL", sym);
+            assert_eq!(
+                message(&body),
+                "orderLegCollection[0].instrument.symbol: must not contain lower-case letters (Schwab symbols are upper case)",
+                "{sym}"
+            );
+        }
+        ok(&edit(MARKET_BUY, "AAPL", "BRK.B"));
+        ok(&edit(MARKET_BUY, "AAPL", "$SPX"));
+        let option = edit(OPTION_BUY, "AAPL  250620C", "aapl  250620c");
+        assert_eq!(code(&option), "invalid_order");
+    }
+
+    #[test]
+    fn inner_spaces_only_in_option_symbols() {
+        let body = edit(MARKET_BUY, "AAPL", "G ME");
+        assert_eq!(
+            message(&body),
+            "orderLegCollection[0].instrument.symbol: must not contain spaces in a EQUITY symbol (only OPTION symbols have them)"
+        );
+        let s = ok(OPTION_BUY);
+        assert_eq!(s.symbols, strs(&["AAPL  250620C00200000"]));
+        // The same OSI symbol claimed as an equity is refused.
+        let as_equity = edit(OPTION_BUY, r#""OPTION""#, r#""EQUITY""#);
+        assert_eq!(code(&as_equity), "invalid_order");
+        // Leading and trailing spaces stay refused, options included.
+        for sym in [" AAPL  250620C00200000", "AAPL  250620C00200000 "] {
+            assert_eq!(
+                code(&edit(OPTION_BUY, "AAPL  250620C00200000", sym)),
+                "invalid_order"
+            );
+        }
+    }
+
+    const EXCHANGE: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"MARKET","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"EXCHANGE","instrument":{"assetType":"MUTUAL_FUND","symbol":"VFIAX"},"quantity":10,"toSymbol":"GME"}]}"#;
+
+    #[test]
+    fn to_symbol_appears_in_symbols() {
+        let s = ok(EXCHANGE);
+        assert_eq!(s.symbols, strs(&["GME", "VFIAX"]));
+        // It is where the position goes, not a leg of its own.
+        assert_eq!(s.legs.len(), 1);
+        assert_eq!(s.legs[0].symbol, "VFIAX");
+        assert_eq!(s.total_quantity, 10);
+        for bad in [r#""gme""#, r#""G ME""#, r#"" GME""#, r#""""#, "5"] {
+            let body = edit(EXCHANGE, r#""GME""#, bad);
+            assert!(
+                message(&body).starts_with("orderLegCollection[0].toSymbol: "),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn notional_only_from_a_capping_price() {
+        assert_eq!(ok(MARKET_BUY).notional, None);
+        assert_eq!(ok(STOP_SELL).notional, None);
+        let credit = edit(VERTICAL, r#""NET_DEBIT""#, r#""NET_CREDIT""#);
+        assert_eq!(ok(&credit).notional, None);
+        let trailing_limit = edit(LIMIT_SELL, r#""LIMIT""#, r#""TRAILING_STOP_LIMIT""#);
+        assert_eq!(ok(&trailing_limit).notional, None);
+        assert_eq!(ok(LIMIT_SELL).notional, Some(d("2127.5")));
+        let on_close = edit(LIMIT_SELL, r#""LIMIT""#, r#""LIMIT_ON_CLOSE""#);
+        assert_eq!(ok(&on_close).notional, Some(d("2127.5")));
+        let stop_limit = edit(
+            LIMIT_SELL,
+            r#""LIMIT""#,
+            r#""STOP_LIMIT","stopPrice":"430""#,
+        );
+        // The limit price, never the trigger.
+        assert_eq!(ok(&stop_limit).notional, Some(d("2127.5")));
+        assert_eq!(ok(VERTICAL).notional, Some(d("410")));
+    }
+
+    #[test]
+    fn sessions_and_durations_over_the_tree() {
+        let kid = r#"{"session":"SEAMLESS","duration":"GOOD_TILL_CANCEL","orderType":"LIMIT","price":"210.00","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"SELL","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
+        let body = edit(
+            LIMIT_SELL,
+            r#""SINGLE""#,
+            &format!(r#""TRIGGER","childOrderStrategies":[{kid}]"#),
+        );
+        let s = ok(&body);
+        // The root's own fields stay the root's.
+        assert_eq!(
+            (s.session.as_deref(), s.duration.as_deref()),
+            (Some("NORMAL"), Some("DAY"))
+        );
+        assert_eq!(s.sessions, strs(&["NORMAL", "SEAMLESS"]));
+        assert_eq!(s.durations, strs(&["DAY", "GOOD_TILL_CANCEL"]));
+        // An OCO parent has none of its own.
+        let s = ok(OCO);
+        assert_eq!(
+            (s.sessions, s.durations),
+            (strs(&["NORMAL"]), strs(&["DAY"]))
+        );
+    }
+
+    #[test]
+    fn max_order_quantity_is_the_biggest_order() {
+        let body = edit(VERTICAL, r#""quantity":1,"#, r#""quantity":100000,"#);
+        let s = ok(&body);
+        assert_eq!(
+            (s.max_order_quantity, s.max_quantity, s.total_quantity),
+            (100_000, 100_000, 2)
+        );
+        // 4.10 × 100,000 spreads × 100.
+        assert_eq!(s.notional, Some(d("41000000")));
+        // Without a node quantity: the sum of that order's legs.
+        let body = edit(
+            MARKET_BUY,
+            r#""quantity":10}"#,
+            r#""quantity":10},{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"TSLA"},"quantity":7}"#,
+        );
+        let s = ok(&body);
+        assert_eq!((s.max_order_quantity, s.max_quantity), (17, 10));
+        // A node quantity below its largest leg does not hide it.
+        let body = edit(VERTICAL, r#""quantity":1}]"#, r#""quantity":50}]"#);
+        assert_eq!(ok(&body).max_order_quantity, 50);
+        // The biggest node wins, wherever it is.
+        let body = edit(OTOCO, r#""quantity":10}]}]}]}"#, r#""quantity":250}]}]}]}"#);
+        assert_eq!(ok(&body).max_order_quantity, 250);
+    }
+
     /// Deterministic mutations of valid orders: never a panic, and whatever
     /// is accepted still respects the limits.
     #[test]
@@ -1722,6 +2446,8 @@ mod tests {
                     s.total_quantity,
                     s.legs.iter().map(|l| l.quantity).sum::<i64>()
                 );
+                assert!(s.legs.iter().all(|l| l.quantity <= s.max_order_quantity));
+                assert!(s.legs.iter().all(|l| s.symbols.contains(&l.symbol)));
             }
         }
         // Some mutations keep the order valid (inside a symbol, a digit).

@@ -323,16 +323,37 @@ pub struct Engine {
     active: RwLock<Arc<Active>>,
     pub source: PolicySource,
     directory: Directory,
+    /// Actions the route table uses; a set whose schema lacks one is refused.
+    required_actions: Vec<String>,
+    /// Serializes reloads from reading the files to the swap, so a slow
+    /// reload of older files can never replace a newer set.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Engine {
     pub fn load(source: PolicySource, directory: Directory) -> Result<Engine, Vec<PolicyIssue>> {
+        Engine::load_requiring(source, directory, Vec::new())
+    }
+
+    /// [`Engine::load`], also refusing (now and on every reload) a schema
+    /// that does not declare each of `required_actions`.
+    pub fn load_requiring(
+        source: PolicySource,
+        directory: Directory,
+        required_actions: Vec<String>,
+    ) -> Result<Engine, Vec<PolicyIssue>> {
         let bundle = PolicyBundle::load(&source)?;
         let active = Active::new(bundle, &directory)?;
+        let issues = check_route_actions(&active, required_actions.iter().map(|a| a.as_str()));
+        if !issues.is_empty() {
+            return Err(issues);
+        }
         Ok(Engine {
             active: RwLock::new(Arc::new(active)),
             source,
             directory,
+            required_actions,
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
@@ -353,6 +374,10 @@ impl Engine {
     /// parses and validates; otherwise the current set stays. Returns the
     /// new set's hash (unchanged hash: nothing swapped).
     pub fn reload(&self) -> Result<Reloaded, Vec<PolicyIssue>> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bundle = PolicyBundle::load(&self.source)?;
         let old_hash = self.current().bundle.hash.clone();
         if bundle.hash == old_hash {
@@ -362,6 +387,10 @@ impl Engine {
             });
         }
         let active = Arc::new(Active::new(bundle, &self.directory)?);
+        let issues = check_route_actions(&active, self.required_actions.iter().map(|a| a.as_str()));
+        if !issues.is_empty() {
+            return Err(issues);
+        }
         let hash = active.bundle.hash.clone();
         match self.active.write() {
             Ok(mut g) => *g = active,

@@ -138,9 +138,23 @@ impl PolicySource {
             PolicySource::Dir { dir, files } => {
                 let read = |rel: &Path| {
                     let path = dir.join(rel);
+                    let shown = path.display().to_string();
+                    // Size first: a huge file is refused without reading it.
+                    let meta =
+                        std::fs::metadata(&path).map_err(|e| issue(&shown, None, e.to_string()))?;
+                    if !meta.is_file() {
+                        return Err(issue(&shown, None, "not a regular file"));
+                    }
+                    if meta.len() > MAX_FILE_BYTES as u64 {
+                        return Err(issue(
+                            &shown,
+                            None,
+                            format!("larger than {MAX_FILE_BYTES} bytes"),
+                        ));
+                    }
                     std::fs::read_to_string(&path)
                         .map(|t| (rel.to_string_lossy().into_owned(), t))
-                        .map_err(|e| issue(&path.display().to_string(), None, e.to_string()))
+                        .map_err(|e| issue(&shown, None, e.to_string()))
                 };
                 let mut out = Vec::new();
                 let mut issues = Vec::new();
@@ -223,11 +237,10 @@ pub fn cedar_files_recursive(dir: &Path) -> Result<Vec<PathBuf>, String> {
             .map_err(|e| format!("cannot read {}: {e}", root.join(rel).display()))?;
         for entry in rd.flatten() {
             let name = rel.join(entry.file_name());
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => walk(root, &name, out, depth + 1)?,
-                Ok(t) if t.is_file() && name.extension().is_some_and(|x| x == "cedar") => {
-                    out.push(name)
-                }
+            // metadata() follows symbolic links (the depth bound stops loops).
+            match std::fs::metadata(root.join(&name)) {
+                Ok(m) if m.is_dir() => walk(root, &name, out, depth + 1)?,
+                _ if is_cedar_name(&name) => out.push(name),
                 _ => {}
             }
         }
@@ -239,16 +252,79 @@ pub fn cedar_files_recursive(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// `*.cedar` (any case), for directory listings.
+fn is_cedar_name(name: &Path) -> bool {
+    name.extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("cedar"))
+}
+
+/// The `*.cedar` files directly in `dir`. Symbolic links are followed (the
+/// usual way to enable a guard, and how Kubernetes mounts a ConfigMap); a
+/// `*.cedar` entry that is not a readable regular file is reported by the
+/// reader rather than silently skipped.
 fn list_cedar_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read the directory: {e}"))?;
     let mut names: Vec<PathBuf> = rd
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .map(|e| PathBuf::from(e.file_name()))
-        .filter(|n| n.extension().is_some_and(|x| x == "cedar"))
+        .filter(|n| is_cedar_name(n))
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Largest policy or schema file accepted.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Deepest bracket nesting accepted. Cedar's parser recurses per level and
+/// overflows the stack on a few hundred (aborting the process), so deeper
+/// text is refused before it reaches the parser.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses text the Cedar parser should not see: too large, or nested
+/// deeper than [`MAX_NESTING`] (brackets counted outside strings and `//`
+/// comments).
+fn check_shape(text: &str) -> Result<(), (Option<usize>, String)> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err((None, format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let bytes = text.as_bytes();
+    let (mut depth, mut i, mut line) = (0usize, 0usize, 1usize);
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'\n' => line += 1,
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'\\' => i += 1,
+                        b'"' => break,
+                        b'\n' => line += 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while bytes.get(i).is_some_and(|c| *c != b'\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err((
+                        Some(line),
+                        format!("brackets nested deeper than {MAX_NESTING}"),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// 1-based line of a byte offset.
@@ -302,16 +378,22 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
     hasher.update(schema_text.as_bytes());
     hasher.update(&[0]);
 
-    let schema = match Schema::from_cedarschema_str(&schema_text) {
-        Ok((s, _warnings)) => Some(s),
-        Err(e) => {
-            issues.push(issue(
-                &schema_name,
-                diag_line(&e, &schema_text),
-                diag_message(&e, &e),
-            ));
+    let schema = match check_shape(&schema_text) {
+        Err(why) => {
+            issues.push(issue(&schema_name, why.0, why.1));
             None
         }
+        Ok(()) => match Schema::from_cedarschema_str(&schema_text) {
+            Ok((s, _warnings)) => Some(s),
+            Err(e) => {
+                issues.push(issue(
+                    &schema_name,
+                    diag_line(&e, &schema_text),
+                    diag_message(&e, &e),
+                ));
+                None
+            }
+        },
     };
 
     let mut set = PolicySet::new();
@@ -323,6 +405,10 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
         hasher.update(&[0]);
         hasher.update(text.as_bytes());
         hasher.update(&[0]);
+        if let Err((line, why)) = check_shape(&text) {
+            issues.push(issue(&name, line, why));
+            continue;
+        }
         let parsed = match PolicySet::from_str(&text) {
             Ok(p) => p,
             Err(e) => {
@@ -332,6 +418,16 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
                 continue;
             }
         };
+        if parsed.policies().next().is_none() && parsed.templates().next().is_none() {
+            // An empty file is most often one caught half-written (or a
+            // guard truncated by mistake): refusing it keeps the old set.
+            issues.push(issue(
+                &name,
+                None,
+                "contains no policy (delete the file to remove its policies)",
+            ));
+            continue;
+        }
         if parsed.templates().next().is_some() {
             issues.push(issue(
                 &name,
@@ -426,4 +522,48 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
         files: origin,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_policy_file_is_loaded_like_a_regular_one() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
+        write(SCHEMA_FILE, EMBEDDED[0].1);
+        std::fs::create_dir(d.path().join("guards")).unwrap();
+        write(
+            "guards/g.cedar",
+            "@id(\"g\") forbid (principal, action, resource);",
+        );
+        write(
+            "roles.cedar",
+            "@id(\"r\") permit (principal, action, resource);",
+        );
+        std::os::unix::fs::symlink("guards/g.cedar", d.path().join("g.cedar")).unwrap();
+        let src = PolicySource::Dir {
+            dir: d.path().to_owned(),
+            files: Vec::new(),
+        };
+        let bundle = PolicyBundle::load(&src).unwrap();
+        assert_eq!(bundle.policy_count(), 2, "the linked guard is in the set");
+        // A dangling link is an error, not a silently smaller set.
+        std::os::unix::fs::symlink("guards/missing.cedar", d.path().join("m.cedar")).unwrap();
+        let issues = PolicyBundle::load(&src).err().unwrap();
+        assert!(
+            issues.iter().any(|i| i.file.ends_with("m.cedar")),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        let ok = format!("// {}\n\"{}\"", "(".repeat(100), "[".repeat(100));
+        assert!(check_shape(&ok).is_ok());
+        let deep = format!("\n{}", "(".repeat(MAX_NESTING + 1));
+        assert_eq!(check_shape(&deep).unwrap_err().0, Some(2));
+    }
 }
