@@ -37,6 +37,13 @@ const SHIPPED: &[&str] = &[
     "guards/trading-ip-range.cedar",
 ];
 
+/// The demo's set: the roles and two guards (quantity, symbol deny-list).
+const DEMO: &[&str] = &[
+    "roles.cedar",
+    "guards/max-order-quantity.cedar",
+    "guards/symbol-deny-list.cedar",
+];
+
 const GENERATED_POLICIES: usize = 1000;
 const GENERATED_FILES: usize = 4;
 const GEN_CALLERS: usize = 200;
@@ -55,9 +62,11 @@ fn config(dir: &Path) -> Config {
         "listen:\n  - address: 127.0.0.1:0\nupstream:\n  access_token: file:{}\naccounts:\n",
         token.display()
     );
-    yaml.push_str(&format!("  - {{ name: margin, hash: {MARGIN} }}\n"));
+    yaml.push_str(&format!(
+        "  - {{ name: margin, hash: {MARGIN}, environment: production }}\n"
+    ));
     yaml.push_str(
-        "  - { name: cash, hash: 9A8F03F25D655C57D02B7204C364EC911D8368E1F9757A85E02875EDF307223E }\n",
+        "  - { name: cash, hash: 9A8F03F25D655C57D02B7204C364EC911D8368E1F9757A85E02875EDF307223E, environment: production }\n",
     );
     for i in 0..GEN_ACCOUNTS {
         let env = ["development", "staging", "production"][i % 3];
@@ -259,6 +268,7 @@ fn cases(o: &Orders) -> Vec<(&'static str, DecisionInput<'_>, bool)> {
 struct Fixture {
     _dir: tempfile::TempDir,
     directory: Directory,
+    demo: Active,
     shipped: Active,
     large: Active,
     large_source: PolicySource,
@@ -273,6 +283,14 @@ fn fixture() -> Fixture {
         &directory,
     )
     .expect("shipped active");
+    let demo = Active::new(
+        PolicyBundle::load(&PolicySource::Embedded {
+            files: DEMO.iter().map(PathBuf::from).collect(),
+        })
+        .expect("demo policies"),
+        &directory,
+    )
+    .expect("demo active");
     let large_dir = dir.path().join("policies");
     let large_source = large_source(&large_dir);
     let bundle = PolicyBundle::load(&large_source).unwrap_or_else(|issues| {
@@ -285,6 +303,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         directory,
+        demo,
         shipped,
         large,
         large_source,
@@ -312,7 +331,11 @@ fn percentiles(f: &Fixture, o: &Orders) {
         Resource::Account(MARGIN),
         Some(&o.limit),
     );
-    for (name, active) in [("shipped", &f.shipped), ("1000_generated", &f.large)] {
+    for (name, active) in [
+        ("demo", &f.demo),
+        ("shipped", &f.shipped),
+        ("1000_generated", &f.large),
+    ] {
         for _ in 0..1_000 {
             black_box(active.decide(black_box(&i)));
         }
@@ -342,7 +365,12 @@ fn decisions(c: &mut Criterion, f: &Fixture, o: &Orders) {
     let mut g = c.benchmark_group("policy/decide");
     g.warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for (set, active) in [("shipped", &f.shipped), ("1000_generated", &f.large)] {
+    check(&f.demo, &cases);
+    for (set, active) in [
+        ("demo", &f.demo),
+        ("shipped", &f.shipped),
+        ("1000_generated", &f.large),
+    ] {
         for (name, i, _) in &cases {
             g.bench_function(format!("{set}/{name}"), |b| {
                 b.iter(|| black_box(active.decide(black_box(i))))
