@@ -182,7 +182,41 @@ pub struct Active {
     /// evaluates every policy it is given; a guard on orders has nothing
     /// to say about a quote, and skipping it is most of a decision's cost.
     by_action: HashMap<String, PolicySet>,
+    /// Decisions of requests without an order body, for the current second.
+    /// `None` when a policy mentions `session_id` (the one input a cache
+    /// key leaves out).
+    cache: Option<std::sync::Mutex<DecisionCache>>,
 }
+
+/// Every input of a decision except `session_id` and the order (requests
+/// with an order are never cached). `time` enters as the second it falls
+/// in, which is all the context carries (see `clock::cedar_datetime`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    caller: Box<str>,
+    action: Box<str>,
+    resource: CachedResource,
+    client_ip: std::net::IpAddr,
+    mfa: bool,
+    environment: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CachedResource {
+    Account(Box<str>),
+    Api,
+    Proxy,
+}
+
+#[derive(Default)]
+struct DecisionCache {
+    second: i64,
+    decisions: HashMap<CacheKey, Decision>,
+}
+
+/// Bound on cached decisions per second (beyond it, decisions are simply
+/// not cached until the second turns).
+const DECISION_CACHE_ENTRIES: usize = 4096;
 
 impl Active {
     pub fn new(bundle: PolicyBundle, directory: &Directory) -> Result<Active, Vec<PolicyIssue>> {
@@ -201,11 +235,17 @@ impl Active {
             }]
         })?;
         let by_action = slice_by_action(&bundle);
+        let cache = (!bundle
+            .set
+            .policies()
+            .any(|p| p.to_string().contains("session_id")))
+        .then(|| std::sync::Mutex::new(DecisionCache::default()));
         Ok(Active {
             bundle,
             entities,
             types,
             by_action,
+            cache,
         })
     }
 
@@ -216,8 +256,54 @@ impl Active {
         self.by_action.get(action).unwrap_or(&self.bundle.set)
     }
 
-    /// Decides one request. Never panics; every failure is a deny.
+    /// Decides one request. Requests without an order body repeat a lot
+    /// (a bot polling quotes): their decisions are reused within the same
+    /// second, for the same caller, action, resource, address and MFA
+    /// state — everything the decision depends on. A reload builds a new
+    /// `Active`, so a cached decision never outlives its policy set.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Decision {
+        let (Some(cache), None) = (&self.cache, input.order) else {
+            return self.evaluate(input);
+        };
+        let second = input.time.unix_timestamp();
+        let key = CacheKey {
+            caller: input.caller.into(),
+            action: input.action.into(),
+            resource: match input.resource {
+                Resource::Account(h) => CachedResource::Account(h.into()),
+                Resource::Api => CachedResource::Api,
+                Resource::Proxy => CachedResource::Proxy,
+            },
+            client_ip: input.client_ip.to_canonical(),
+            mfa: input.mfa,
+            environment: input.environment.into(),
+        };
+        {
+            let guard = cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if guard.second == second
+                && let Some(d) = guard.decisions.get(&key)
+            {
+                return d.clone();
+            }
+        }
+        let decision = self.evaluate(input);
+        let mut guard = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.second != second {
+            guard.second = second;
+            guard.decisions.clear();
+        }
+        if guard.decisions.len() < DECISION_CACHE_ENTRIES {
+            guard.decisions.insert(key, decision.clone());
+        }
+        decision
+    }
+
+    /// Evaluates one request with Cedar. Never panics; every failure is a deny.
+    fn evaluate(&self, input: &DecisionInput<'_>) -> Decision {
         let request = match self.request(input) {
             Ok(r) => r,
             Err(e) => {
@@ -586,6 +672,66 @@ mod tests {
             a.policies_for("NoSuchAction").policies().count(),
             a.bundle.policy_count()
         );
+    }
+
+    fn active_with(policies: &str) -> Active {
+        let files = vec![
+            (
+                "schema.cedarschema".to_owned(),
+                source::EMBEDDED[0].1.to_owned(),
+            ),
+            ("p.cedar".to_owned(), policies.to_owned()),
+        ];
+        Active::new(source::build(files).expect("valid"), &Directory::default()).expect("entities")
+    }
+
+    fn quote_at(t: time::OffsetDateTime) -> DecisionInput<'static> {
+        DecisionInput {
+            caller: "bot",
+            action: "ViewMarketData",
+            resource: Resource::Api,
+            client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+            time: t,
+            mfa: false,
+            environment: "production",
+            session_id: "s",
+            order: None,
+        }
+    }
+
+    #[test]
+    fn cached_decisions_follow_the_clock_second_by_second() {
+        let a = active_with(
+            r#"@id("p") permit (principal, action, resource);
+               @id("f") @reason("late") forbid (principal, action, resource)
+               when { context.market_clock.minute >= 600 };"#,
+        );
+        assert!(a.cache.is_some());
+        // 09:59:59 and 10:00:00 New York (EST) on a Friday.
+        let before = time::macros::datetime!(2026-12-04 14:59:59 UTC);
+        let after = time::macros::datetime!(2026-12-04 15:00:00 UTC);
+        for _ in 0..2 {
+            assert!(a.decide(&quote_at(before)).allowed);
+        }
+        let d = a.decide(&quote_at(after));
+        assert!(
+            !d.allowed,
+            "a decision cached at 09:59:59 must not answer for 10:00:00"
+        );
+        assert_eq!(d.reason.as_deref(), Some("late"));
+        // Another caller, address or MFA state is another entry.
+        let mut other = quote_at(after);
+        other.mfa = true;
+        assert_eq!(a.decide(&other), a.evaluate(&other));
+    }
+
+    #[test]
+    fn a_policy_that_reads_session_id_turns_the_cache_off() {
+        let a = active_with(
+            r#"@id("p") permit (principal, action, resource) when { context.session_id != "x" };"#,
+        );
+        assert!(a.cache.is_none());
+        assert!(a.decide(&quote_at(time::OffsetDateTime::now_utc())).allowed);
     }
 
     #[test]
