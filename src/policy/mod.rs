@@ -45,6 +45,10 @@ impl Decision {
     }
 }
 
+/// Stack for parsing and validating a policy set (virtual memory; only
+/// what is touched is resident).
+const PARSE_STACK_BYTES: usize = 256 * 1024 * 1024;
+
 /// Reason codes the engine itself produces (policies add their own with
 /// `@reason`).
 pub const REASON_NOT_PERMITTED: &str = "not_permitted";
@@ -73,7 +77,27 @@ impl PolicyBundle {
     /// are returned, each with its file and line where Cedar knows it.
     pub fn load(src: &PolicySource) -> Result<PolicyBundle, Vec<PolicyIssue>> {
         let files = src.read()?;
-        source::build(files)
+        // Cedar's parser and validator recurse with the nesting of the
+        // text; a stack overflow aborts the whole process. `check_shape`
+        // refuses deep text first, and the work runs on a thread with a
+        // stack far larger than any text that passes could need.
+        let worker = std::thread::Builder::new()
+            .name("policy-load".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn(move || source::build(files));
+        let failed = |m: &str| {
+            vec![PolicyIssue {
+                file: "policies".into(),
+                line: None,
+                message: m.into(),
+            }]
+        };
+        match worker {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(failed("the policy loader failed unexpectedly"))),
+            Err(e) => Err(failed(&format!("cannot start the policy loader: {e}"))),
+        }
     }
 }
 
@@ -238,7 +262,12 @@ impl Active {
         let cache = (!bundle
             .set
             .policies()
-            .any(|p| p.to_string().contains("session_id")))
+            // The text, conservatively: any mention of "session", or any
+            // `\u` escape (which could spell it), turns the cache off.
+            .any(|p| {
+                let text = p.to_string();
+                text.contains("session") || text.contains("\\u")
+            }))
         .then(|| std::sync::Mutex::new(DecisionCache::default()));
         Ok(Active {
             bundle,
@@ -731,6 +760,11 @@ mod tests {
             r#"@id("p") permit (principal, action, resource) when { context.session_id != "x" };"#,
         );
         assert!(a.cache.is_none());
+        // Also when spelled with an escape.
+        let escaped = active_with(
+            r#"@id("p") permit (principal, action, resource) when { context["sess\u{69}on_id"] != "x" };"#,
+        );
+        assert!(escaped.cache.is_none());
         assert!(a.decide(&quote_at(time::OffsetDateTime::now_utc())).allowed);
     }
 

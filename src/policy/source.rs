@@ -280,15 +280,17 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// text is refused before it reaches the parser.
 pub const MAX_NESTING: usize = 64;
 
-/// Refuses text the Cedar parser should not see: too large, or nested
-/// deeper than [`MAX_NESTING`] (brackets counted outside strings and `//`
-/// comments).
+/// Refuses text the Cedar parser should not see: too large, nested deeper
+/// than [`MAX_NESTING`] (brackets counted outside strings and `//`
+/// comments), or with more than [`MAX_NESTING`] `if` expressions. A first
+/// line of defence; parsing also runs on a thread with a large stack (see
+/// `PolicyBundle::load`).
 fn check_shape(text: &str) -> Result<(), (Option<usize>, String)> {
     if text.len() > MAX_FILE_BYTES {
         return Err((None, format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     let bytes = text.as_bytes();
-    let (mut depth, mut i, mut line) = (0usize, 0usize, 1usize);
+    let (mut depth, mut i, mut line, mut ifs) = (0usize, 0usize, 1usize, 0usize);
     while let Some(&b) = bytes.get(i) {
         match b {
             b'\n' => line += 1,
@@ -304,11 +306,27 @@ fn check_shape(text: &str) -> Result<(), (Option<usize>, String)> {
                     i += 1;
                 }
             }
+            // Cedar ends a `//` comment at `\n` or `\r`; so must this scan,
+            // or brackets after a lone `\r` would escape the count.
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while bytes.get(i).is_some_and(|c| *c != b'\n') {
+                while bytes.get(i).is_some_and(|c| *c != b'\n' && *c != b'\r') {
                     i += 1;
                 }
                 continue;
+            }
+            // `if … then … else` nests without brackets; each level is a
+            // level of recursion in Cedar too.
+            b'i' if bytes.get(i + 1) == Some(&b'f')
+                && (i == 0 || !is_ident_byte(bytes[i - 1]))
+                && !bytes.get(i + 2).copied().is_some_and(is_ident_byte) =>
+            {
+                ifs += 1;
+                if ifs > MAX_NESTING {
+                    return Err((
+                        Some(line),
+                        format!("more than {MAX_NESTING} `if` expressions in one file"),
+                    ));
+                }
             }
             b'(' | b'[' | b'{' => {
                 depth += 1;
@@ -325,6 +343,10 @@ fn check_shape(text: &str) -> Result<(), (Option<usize>, String)> {
         i += 1;
     }
     Ok(())
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// 1-based line of a byte offset.
@@ -557,6 +579,20 @@ mod tests {
             issues.iter().any(|i| i.file.ends_with("m.cedar")),
             "{issues:?}"
         );
+    }
+
+    #[test]
+    fn comments_end_at_a_carriage_return_as_in_cedar() {
+        let hidden = format!("// c\r{}", "(".repeat(MAX_NESTING + 1));
+        assert!(check_shape(&hidden).is_err());
+        let ifs = format!(
+            "{}true{}",
+            "if true then ".repeat(MAX_NESTING + 1),
+            " else false".repeat(MAX_NESTING + 1)
+        );
+        assert!(check_shape(&ifs).is_err());
+        // Identifiers containing `if` are not `if`s.
+        assert!(check_shape(&"iff diff if_x xif ".repeat(100)).is_ok());
     }
 
     #[test]
