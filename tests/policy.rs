@@ -540,3 +540,31 @@ async fn sighup_reloads_the_policies() {
     let (r, reached) = send_traced(&h, "POST", &order_path(&h, 0), TRADER, Some(LIMIT_ORDER)).await;
     assert_denied(&r, reached, "order_quantity_limit");
 }
+
+#[tokio::test]
+async fn a_cached_read_decision_does_not_survive_a_reload() {
+    let h = Harness::start_with(SimOptions::default(), |c| c.policies.watch = false).await;
+    // Warm the decision cache for the viewer's quotes.
+    for _ in 0..3 {
+        assert_eq!(quote_status(&h, VIEWER).await, 200);
+    }
+    std::fs::write(
+        h.policy_dir().join("no-quotes.cedar"),
+        r#"@id("no-quotes") @reason("quotes_closed")
+forbid (principal, action == Action::"ViewMarketData", resource);
+"#,
+    )
+    .unwrap();
+    let r = h.admin_post("/policies/reload", Some(ADMIN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Straight after the swap, within the same second as the cached allow.
+    let (r, reached) = send_traced(
+        &h,
+        "GET",
+        "/marketdata/v1/quotes?symbols=AAPL",
+        VIEWER,
+        None,
+    )
+    .await;
+    assert_denied(&r, reached, "quotes_closed");
+}
