@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, header};
 
 use crate::pipeline::Proxy;
 use crate::pipeline::body::{ProxyBody, full};
-use crate::policy::{DecisionInput, Resource};
+use crate::policy::Resource;
 use crate::reject::{Reject, error_response};
 
 pub struct Admin {
@@ -90,24 +90,14 @@ impl Admin {
             Ok(c) => c,
             Err(r) => return r.into_response(&rid),
         };
-        let decision = self.proxy.policy.decide(&DecisionInput {
-            caller: &caller.id,
-            action: "ReloadPolicies",
-            resource: Resource::Proxy,
-            client_ip: peer.ip(),
-            time: time::OffsetDateTime::now_utc(),
-            mfa: false,
-            environment: self.proxy.environment.as_str(),
-            session_id: &rid,
-            order: None,
-        });
-        self.metrics
-            .decisions
-            .with_label_values(&[
-                "ReloadPolicies",
-                if decision.allowed { "allow" } else { "deny" },
-            ])
-            .inc();
+        let decision = self.proxy.authorize(
+            &caller.id,
+            "ReloadPolicies",
+            Resource::Proxy,
+            peer,
+            &rid,
+            None,
+        );
         tracing::info!(caller = %caller.id, allowed = decision.allowed, policies = %decision.policies.join(","), "policy reload requested");
         if !decision.allowed {
             return Reject::Forbidden.into_detailed_response(

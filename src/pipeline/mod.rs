@@ -262,33 +262,62 @@ impl Proxy {
             return Err(Reject::Internal);
         };
         let route = self.routes.get(m);
-        let resource = match route.resource.and_then(|i| m.params.get(i)) {
-            Some((_, hash)) if route.resource_is_account => Resource::Account(hash),
-            _ => Resource::Api,
+        let resource = match self.routes.account(m) {
+            Some(hash) => Resource::Account(hash),
+            None => Resource::Api,
         };
-        let input = DecisionInput {
-            caller: &caller.id,
-            action: &route.action,
+        let decision = self.authorize(
+            &caller.id,
+            &route.action,
             resource,
-            client_ip: ctx.peer.ip(),
+            ctx.peer,
+            &ctx.request_id,
+            ctx.order.as_ref(),
+        );
+        let allowed = decision.allowed;
+        ctx.decision = Some(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Reject::Forbidden)
+        }
+    }
+
+    /// One authorization decision, for the proxy path and the admin
+    /// endpoints alike: the active set decides, the shadow set (if any) is
+    /// compared, and the decision is counted.
+    pub fn authorize(
+        &self,
+        caller: &str,
+        action: &str,
+        resource: Resource<'_>,
+        peer: SocketAddr,
+        session_id: &str,
+        order: Option<&order::OrderSummary>,
+    ) -> Decision {
+        let input = DecisionInput {
+            caller,
+            action,
+            resource,
+            client_ip: peer.ip(),
             time: time::OffsetDateTime::now_utc(),
             mfa: false,
             environment: self.environment.as_str(),
-            session_id: &ctx.request_id,
-            order: ctx.order.as_ref(),
+            session_id,
+            order,
         };
         let decision = self.policy.decide(&input);
+        let said = |d: &Decision| if d.allowed { "allow" } else { "deny" };
         if let Some(shadow) = &self.shadow {
             let candidate = shadow.decide(&input);
             if candidate.allowed != decision.allowed || candidate.reason != decision.reason {
-                let said = |d: &Decision| if d.allowed { "allow" } else { "deny" };
                 self.metrics
                     .shadow_disagreements
-                    .with_label_values(&[&*route.action, said(&candidate)])
+                    .with_label_values(&[action, said(&candidate)])
                     .inc();
                 tracing::warn!(
-                    action = &*route.action,
-                    caller = %caller.id,
+                    action,
+                    caller,
                     active = said(&decision),
                     active_reason = decision.reason.as_deref(),
                     active_policies = %decision.policies.join(","),
@@ -299,17 +328,11 @@ impl Proxy {
                 );
             }
         }
-        let allowed = decision.allowed;
         self.metrics
             .decisions
-            .with_label_values(&[&*route.action, if allowed { "allow" } else { "deny" }])
+            .with_label_values(&[action, said(&decision)])
             .inc();
-        ctx.decision = Some(decision);
-        if allowed {
-            Ok(())
-        } else {
-            Err(Reject::Forbidden)
-        }
+        decision
     }
 
     /// Reloads the active policy set and the shadow set (if any), each

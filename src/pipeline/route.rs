@@ -417,6 +417,16 @@ impl RouteTable {
     pub fn get(&self, m: &RouteMatch) -> &Route {
         &self.routes[m.index]
     }
+
+    /// The account hash a match acts on, when its resource is an account.
+    pub fn account<'m>(&self, m: &'m RouteMatch) -> Option<&'m str> {
+        let route = self.get(m);
+        route
+            .resource
+            .filter(|_| route.resource_is_account)
+            .and_then(|i| m.params.get(i))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Route {

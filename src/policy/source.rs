@@ -203,26 +203,17 @@ impl PolicySource {
         let PolicySource::Dir { .. } = self else {
             return None;
         };
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        match self.read() {
-            Ok(files) => {
-                for (name, text) in files {
-                    ctx.update(name.as_bytes());
-                    ctx.update(&[0]);
-                    ctx.update(text.as_bytes());
-                    ctx.update(&[0]);
-                }
-            }
+        Some(match self.read() {
+            Ok(files) => content_hash(&files),
+            // Unreadable files: a state of its own, so that it is tried once.
             Err(issues) => {
-                for i in issues {
-                    ctx.update(i.to_string().as_bytes());
-                }
+                let described: Files = issues
+                    .iter()
+                    .map(|i| (i.to_string(), String::new()))
+                    .collect();
+                content_hash(&described)
             }
-        }
-        Some(format!(
-            "sha256:{}",
-            crate::keys::hex(ctx.finish().as_ref())
-        ))
+        })
     }
 }
 
@@ -387,18 +378,27 @@ fn valid_id(r: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// `sha256:<hex>` over every file's name and bytes: a set's identity, and
+/// what the change watcher compares against.
+fn content_hash(files: &Files) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (name, text) in files {
+        ctx.update(name.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(text.as_bytes());
+        ctx.update(&[0]);
+    }
+    format!("sha256:{}", crate::keys::hex(ctx.finish().as_ref()))
+}
+
 /// Parses, re-ids (`@id`), collects `@reason`s and validates `files`.
 pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
     let mut issues = Vec::new();
+    let hash = content_hash(&files);
     let mut files = files.into_iter();
     let Some((schema_name, schema_text)) = files.next() else {
         return Err(vec![issue(SCHEMA_FILE, None, "missing")]);
     };
-    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    hasher.update(schema_name.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(schema_text.as_bytes());
-    hasher.update(&[0]);
 
     let schema = match check_shape(&schema_text) {
         Err(why) => {
@@ -423,10 +423,6 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     let mut texts: HashMap<String, String> = HashMap::new();
     for (name, text) in files {
-        hasher.update(name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(text.as_bytes());
-        hasher.update(&[0]);
         if let Err((line, why)) = check_shape(&text) {
             issues.push(issue(&name, line, why));
             continue;
@@ -535,11 +531,10 @@ pub fn build(files: Files) -> Result<PolicyBundle, Vec<PolicyIssue>> {
     if !issues.is_empty() {
         return Err(issues);
     }
-    let digest = hasher.finish();
     Ok(PolicyBundle {
         schema,
         set,
-        hash: format!("sha256:{}", crate::keys::hex(digest.as_ref())),
+        hash,
         reasons,
         files: origin,
         warnings,

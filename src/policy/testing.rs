@@ -286,11 +286,7 @@ fn run_case(
                     .match_request(&method, p)
                     .map_err(|e| format!("the proxy refuses this request before policy: {e:?}"))?;
                 let route = routes.get(&m);
-                let hash = route
-                    .resource
-                    .filter(|_| route.resource_is_account)
-                    .and_then(|i| m.params.get(i))
-                    .map(|(_, v)| v.clone());
+                let hash = routes.account(&m).map(str::to_owned);
                 let body =
                     (route.body == BodyKind::Json).then(|| req.body.clone().unwrap_or_default());
                 (route.action.to_string(), hash, body)
