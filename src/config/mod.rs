@@ -178,6 +178,15 @@ pub struct UpstreamConfig {
     /// HTTP/1.1 connections, which on loopback gives more throughput.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// HTTP/2 connections kept to the upstream, used in turn. One connection
+    /// funnels every stream through one task and one lock; a few spread the
+    /// work over the worker threads.
+    #[serde(default = "default_http2_connections")]
+    pub http2_connections: usize,
+}
+
+fn default_http2_connections() -> usize {
+    2
 }
 
 fn default_true() -> bool {
@@ -554,6 +563,12 @@ impl Config {
                 "connect_timeout and response_header_timeout must be above zero".into(),
             );
         }
+        if !(1..=16).contains(&u.http2_connections) {
+            issue(
+                "upstream.http2_connections".into(),
+                "must be between 1 and 16".into(),
+            );
+        }
         if u.total_timeout < u.response_header_timeout {
             issue(
                 "upstream.total_timeout".into(),
@@ -827,6 +842,20 @@ mod tests {
         assert!(Config::from_yaml(&text, "t", Mode::Demo).is_ok());
         let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
         assert!(e.to_string().contains("demo key"), "{e}");
+    }
+
+    #[test]
+    fn http2_connections_bounded() {
+        let c = Config::from_yaml(MIN, "t", Mode::Normal).unwrap();
+        assert_eq!(c.upstream.http2_connections, 2);
+        for bad in ["0", "17"] {
+            let text = format!("{MIN}  http2_connections: {bad}\n");
+            let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+            assert!(e.to_string().contains("upstream.http2_connections"), "{e}");
+        }
+        let text = format!("{MIN}  http2_connections: 4\n");
+        let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
+        assert_eq!(c.upstream.http2_connections, 4);
     }
 
     #[test]

@@ -17,8 +17,15 @@ use crate::config::UpstreamConfig;
 use crate::reject::Reject;
 use crate::server::tls;
 
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// With HTTP/2, `upstream.http2_connections` pools of one connection
+    /// each, used in turn: a single HTTP/2 connection serialises every stream
+    /// through one task and one lock (docs/benchmarks.md). With HTTP/1.1, one
+    /// pool.
+    clients: Vec<HttpsClient>,
+    next: std::sync::atomic::AtomicUsize,
     authority: Authority,
     response_header_timeout: Duration,
     total_timeout: Duration,
@@ -40,16 +47,26 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout.0)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            // One TLS record per request rather than one per buffer slice.
-            .http1_writev(false)
-            .build(https);
+        let n = if cfg.http2 {
+            cfg.http2_connections.max(1)
+        } else {
+            1
+        };
+        let clients = (0..n)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout.0)
+                    .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+                    // One TLS record per request rather than one per buffer slice.
+                    .http1_writev(false)
+                    .build(https.clone())
+            })
+            .collect();
         Ok(Upstream {
-            client,
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
             authority,
             response_header_timeout: cfg.response_header_timeout.0,
             total_timeout: cfg.total_timeout.0,
@@ -75,7 +92,8 @@ impl Upstream {
     ) -> Result<(Response<ProxyBody>, Duration), Reject> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.total_timeout;
-        let fut = self.client.request(req);
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        let fut = self.clients[i].request(req);
         let resp = match tokio::time::timeout(self.response_header_timeout, fut).await {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
