@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod context;
+pub mod index;
 pub mod source;
 pub mod testing;
 
@@ -202,10 +203,14 @@ pub struct Active {
     entities: Entities,
     /// Entity type names, parsed once.
     types: context::Types,
-    /// Per action, the policies whose action scope can match it. Cedar
-    /// evaluates every policy it is given; a guard on orders has nothing
-    /// to say about a quote, and skipping it is most of a decision's cost.
-    by_action: HashMap<String, PolicySet>,
+    /// Per action, the policies whose action scope can match it, indexed
+    /// by caller, account and order symbol (`index.rs`). Cedar evaluates
+    /// every policy it is given; a guard on orders has nothing to say about
+    /// a quote, and skipping it is most of a decision's cost.
+    by_action: HashMap<String, index::ActionIndex>,
+    /// The whole set, indexed, for an action without a slice (`None` if it
+    /// could not be indexed: the whole set is evaluated).
+    whole: Option<index::ActionIndex>,
     /// Decisions of requests without an order body, for the current second.
     /// `None` when a policy mentions `session_id` (the one input a cache
     /// key leaves out).
@@ -258,7 +263,13 @@ impl Active {
                 message: e,
             }]
         })?;
-        let by_action = slice_by_action(&bundle);
+        let keyed: Vec<(cedar_policy::Policy, index::Key)> = bundle
+            .set
+            .policies()
+            .map(|p| (p.clone(), index::key_of(p)))
+            .collect();
+        let by_action = slice_by_action(&bundle, &keyed);
+        let whole = index::ActionIndex::new(&keyed);
         let cache = (!bundle
             .set
             .policies()
@@ -274,6 +285,7 @@ impl Active {
             entities,
             types,
             by_action,
+            whole,
             cache,
         })
     }
@@ -281,8 +293,16 @@ impl Active {
     /// The policies to evaluate for `action`: its slice, or the whole set
     /// for an action the slicing does not know (never fewer policies than
     /// could apply).
+    #[cfg(test)]
     fn policies_for(&self, action: &str) -> &PolicySet {
-        self.by_action.get(action).unwrap_or(&self.bundle.set)
+        match self.index_for(action) {
+            Some(ix) => &ix.all,
+            None => &self.bundle.set,
+        }
+    }
+
+    fn index_for(&self, action: &str) -> Option<&index::ActionIndex> {
+        self.by_action.get(action).or(self.whole.as_ref())
     }
 
     /// Decides one request. Requests without an order body repeat a lot
@@ -340,43 +360,80 @@ impl Active {
                 return Decision::deny(REASON_POLICY_ERROR, Vec::new());
             }
         };
-        let response = Authorizer::new().is_authorized(
-            &request,
-            self.policies_for(input.action),
-            &self.entities,
-        );
-        let diagnostics = response.diagnostics();
+        let groups = match self.index_for(input.action) {
+            Some(ix) => match (request.principal(), request.resource()) {
+                (Some(p), Some(r)) => ix.groups(p, r, input.order.map(|o| &o.symbols[..])),
+                _ => vec![&ix.all],
+            },
+            None => vec![&self.bundle.set],
+        };
+        self.combine(&request, &groups)
+    }
+
+    /// Evaluates `request` against the whole slice in one go, without the
+    /// index (the reference the index is tested against).
+    #[cfg(test)]
+    fn evaluate_unindexed(&self, input: &DecisionInput<'_>) -> Decision {
+        match self.request(input) {
+            Ok(request) => self.combine(&request, &[self.policies_for(input.action)]),
+            Err(_) => Decision::deny(REASON_POLICY_ERROR, Vec::new()),
+        }
+    }
+
+    /// Evaluates each group and combines them as Cedar combines policies:
+    /// any error denies (Cedar would skip an erroring `forbid`), else any
+    /// satisfied `forbid` denies, else any satisfied `permit` allows, else
+    /// deny.
+    fn combine(&self, request: &Request, groups: &[&PolicySet]) -> Decision {
+        let authorizer = Authorizer::new();
         let mut erroring: Vec<String> = Vec::new();
-        for e in diagnostics.errors() {
-            tracing::warn!(error = %e, "policy evaluation error; request denied");
-            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-            erroring.push(e.policy_id().to_string());
+        let mut forbids: Vec<&PolicyId> = Vec::new();
+        let mut permits: Vec<&PolicyId> = Vec::new();
+        let responses: Vec<cedar_policy::Response> = groups
+            .iter()
+            .map(|set| authorizer.is_authorized(request, set, &self.entities))
+            .collect();
+        for response in &responses {
+            let diagnostics = response.diagnostics();
+            for e in diagnostics.errors() {
+                tracing::warn!(error = %e, "policy evaluation error; request denied");
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+                erroring.push(e.policy_id().to_string());
+            }
+            // A deny's reasons are the satisfied forbids, an allow's the
+            // satisfied permits.
+            match response.decision() {
+                cedar_policy::Decision::Allow => permits.extend(diagnostics.reason()),
+                cedar_policy::Decision::Deny => forbids.extend(diagnostics.reason()),
+            }
         }
         if !erroring.is_empty() {
             erroring.sort();
             erroring.dedup();
             return Decision::deny(REASON_POLICY_ERROR, erroring);
         }
-        let mut policies: Vec<&PolicyId> = diagnostics.reason().collect();
-        policies.sort_by_key(|p| p.to_string());
-        let ids = policies.iter().map(|p| p.to_string()).collect();
-        match response.decision() {
-            cedar_policy::Decision::Allow => Decision {
-                allowed: true,
-                policies: ids,
-                reason: None,
-            },
-            cedar_policy::Decision::Deny if policies.is_empty() => {
-                Decision::deny(REASON_NOT_PERMITTED, ids)
-            }
-            cedar_policy::Decision::Deny => {
-                let reason = policies
-                    .iter()
-                    .find_map(|p| self.bundle.reasons.get(*p))
-                    .map(|r| &**r)
-                    .unwrap_or(REASON_POLICY_DENIED);
-                Decision::deny(reason, ids)
-            }
+        let sorted_ids = |v: Vec<&PolicyId>| {
+            let mut ids: Vec<String> = v.iter().map(|p| p.to_string()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        if !forbids.is_empty() {
+            forbids.sort_by_key(|p| p.to_string());
+            let reason = forbids
+                .iter()
+                .find_map(|p| self.bundle.reasons.get(*p))
+                .map(|r| &**r)
+                .unwrap_or(REASON_POLICY_DENIED);
+            return Decision::deny(reason, sorted_ids(forbids));
+        }
+        if permits.is_empty() {
+            return Decision::deny(REASON_NOT_PERMITTED, Vec::new());
+        }
+        Decision {
+            allowed: true,
+            policies: sorted_ids(permits),
+            reason: None,
         }
     }
 
@@ -404,7 +461,10 @@ impl Active {
 /// group it belongs to (groups from the schema, transitively). If the
 /// schema's action hierarchy cannot be read, there are no slices and every
 /// decision sees the whole set.
-fn slice_by_action(bundle: &PolicyBundle) -> HashMap<String, PolicySet> {
+fn slice_by_action(
+    bundle: &PolicyBundle,
+    keyed: &[(cedar_policy::Policy, index::Key)],
+) -> HashMap<String, index::ActionIndex> {
     let mut out = HashMap::new();
     let Ok(actions) = bundle.schema.action_entities() else {
         return out;
@@ -414,20 +474,13 @@ fn slice_by_action(bundle: &PolicyBundle) -> HashMap<String, PolicySet> {
         if let Some(ancestors) = actions.ancestors(action) {
             related.extend(ancestors);
         }
-        let mut slice = PolicySet::new();
-        let mut complete = true;
-        for p in bundle.set.policies() {
-            let applies = match p.action_constraint() {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(a) => &a == action,
-                ActionConstraint::In(list) => list.iter().any(|a| related.contains(a)),
-            };
-            if applies && slice.add(p.clone()).is_err() {
-                complete = false;
-            }
-        }
-        if complete {
-            out.insert(action.id().unescaped().to_owned(), slice);
+        let slice = keyed.iter().filter(|(p, _)| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == action,
+            ActionConstraint::In(list) => list.iter().any(|a| related.contains(a)),
+        });
+        if let Some(ix) = index::ActionIndex::new(slice) {
+            out.insert(action.id().unescaped().to_owned(), ix);
         }
     }
     out
@@ -646,6 +699,7 @@ pub fn effect_name(e: Effect) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::order;
     use std::path::PathBuf;
 
     fn shipped() -> Active {
@@ -785,6 +839,170 @@ mod tests {
         for action in a.bundle.schema.actions() {
             let name = action.id().unescaped();
             assert_eq!(ids(a.policies_for(name)), ["deny-all"], "{name}");
+        }
+    }
+
+    /// The index must never change a decision: every combination of caller,
+    /// action, resource, order symbols, price and MFA gets the same allow or
+    /// deny, determining policies and reason as one evaluation of the whole
+    /// slice — including the errors of policies whose key matched.
+    #[test]
+    fn the_index_decides_exactly_as_the_whole_slice() {
+        let a = active_with(
+            r#"@id("p-all") permit (principal, action, resource) when { context.environment == "production" };
+               @id("p-bot") permit (principal == Caller::"bot", action, resource) when { context.mfa };
+               @id("p-alice-h2") permit (principal == Caller::"alice", action, resource == Account::"H2");
+               @id("f-eve") @reason("eve") forbid (principal == Caller::"eve", action == Action::"PlaceOrder", resource);
+               @id("f-h1") @reason("h1_qty") forbid (principal, action == Action::"PlaceOrder", resource == Account::"H1")
+                 when { context.order.max_quantity > 5 };
+               @id("f-gme") @reason("gme") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.symbols.contains("GME") };
+               @id("f-amc-bb") @reason("amc_priced") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.symbols.containsAny(["AMC", "BB", "AMC"]) && context.order has price && context.order.price.greaterThan(decimal("1.0")) };
+               @id("f-bb-overflow") @reason("bb_overflow") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.symbols.contains("BB") && context.order.max_quantity * 4611686018427387904 > 0 };
+               @id("f-xyz-late") @reason("xyz") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.mfa && context.order.symbols.contains("XYZ") };
+               @id("f-unless-safe") @reason("unsafe") forbid (principal, action == Action::"PlaceOrder", resource)
+                 unless { context.order.symbols.contains("SAFE") || context.order.symbols.contains("GME") || context.order.symbols.contains("AMC") || context.order.symbols.contains("XYZ") || context.order.symbols.contains("BB") || context.order.symbols.contains("AAPL") };
+               @id("f-z-unless-first") @reason("aapl_staging") forbid (principal, action == Action::"PlaceOrder", resource)
+                 unless { context.order.symbols.contains("SAFE") }
+                 when { context.environment == "staging" && context.order.symbols.contains("AAPL") };
+               @id("f-brackets") @reason("brackets") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context["order"]["symbols"].contains("ZZZ") };"#,
+        );
+        // The symbol-keyed policies are filed by symbol, the scoped ones by
+        // caller or account, the rest are general.
+        let place = &a.by_action["PlaceOrder"];
+        let uid = |t: &str, id: &str| {
+            EntityUid::from_type_name_and_id(
+                EntityTypeName::from_str(t).expect("type"),
+                EntityId::new(id),
+            )
+        };
+        let names = |groups: Vec<&PolicySet>| {
+            let mut v: Vec<String> = groups.iter().flat_map(|g| ids(g)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), Some(&[]))),
+            ["f-unless-safe", "f-xyz-late", "f-z-unless-first", "p-all"]
+        );
+        assert_eq!(
+            names(place.groups(
+                &uid("Caller", "eve"),
+                &uid("Account", "H1"),
+                Some(&["GME".into(), "ZZZ".into(), "GME".into()])
+            )),
+            [
+                "f-brackets",
+                "f-eve",
+                "f-gme",
+                "f-h1",
+                "f-unless-safe",
+                "f-xyz-late",
+                "f-z-unless-first",
+                "p-all"
+            ]
+        );
+        // Without an order every symbol-keyed policy is evaluated.
+        assert_eq!(
+            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
+            8
+        );
+
+        let order = |symbols: &[&str], price: Option<&str>, qty: u32| {
+            let legs: Vec<String> = symbols
+                .iter()
+                .map(|s| {
+                    format!(
+                        r#"{{"instruction":"BUY","quantity":{qty},"instrument":{{"symbol":"{s}","assetType":"EQUITY"}}}}"#
+                    )
+                })
+                .collect();
+            let (kind, price) = match price {
+                Some(p) => ("LIMIT", format!(r#","price":"{p}""#)),
+                None => ("MARKET", String::new()),
+            };
+            let body = format!(
+                r#"{{"orderType":"{kind}","session":"NORMAL","duration":"DAY","orderStrategyType":"SINGLE"{price},"orderLegCollection":[{}]}}"#,
+                legs.join(",")
+            );
+            order::parse_order(Some(b"application/json"), body.as_bytes()).expect("order")
+        };
+        let mut orders = vec![None];
+        for symbols in [
+            &["AAPL"][..],
+            &["GME"],
+            &["AMC"],
+            &["AMC", "BB"],
+            &["XYZ"],
+            &["SAFE"],
+            &["ZZZ", "SAFE"],
+            &["BB"],
+            &["MSFT"],
+            &["GME", "AMC"],
+        ] {
+            for price in [None, Some("0.50"), Some("2.00")] {
+                for qty in [1, 10] {
+                    orders.push(Some(order(symbols, price, qty)));
+                }
+            }
+        }
+        let mut compared = 0;
+        let mut denied = 0;
+        let mut reasons = HashSet::new();
+        for caller in ["bot", "alice", "eve", "x"] {
+            for (action, resource) in [
+                ("ViewMarketData", Resource::Api),
+                ("PlaceOrder", Resource::Account("H1")),
+                ("PlaceOrder", Resource::Account("H2")),
+                ("ViewAccounts", Resource::Account("H1")),
+            ] {
+                for o in &orders {
+                    for mfa in [false, true] {
+                        for environment in ["production", "staging"] {
+                            let input = DecisionInput {
+                                caller,
+                                action,
+                                resource,
+                                client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+                                time: time::OffsetDateTime::now_utc(),
+                                mfa,
+                                environment,
+                                session_id: "s",
+                                order: o.as_ref(),
+                            };
+                            let indexed = a.evaluate(&input);
+                            let whole = a.evaluate_unindexed(&input);
+                            assert_eq!(indexed, whole, "{input:?}");
+                            compared += 1;
+                            denied += usize::from(!indexed.allowed);
+                            reasons.extend(indexed.reason.map(|r| r.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        // Both outcomes, and every reason, were exercised.
+        assert!(denied > 0 && denied < compared, "{denied}/{compared}");
+        for reason in [
+            "eve",
+            "h1_qty",
+            "gme",
+            "amc_priced",
+            "xyz",
+            "unsafe",
+            "brackets",
+            "aapl_staging",
+            REASON_POLICY_ERROR,
+            REASON_NOT_PERMITTED,
+        ] {
+            assert!(
+                reasons.contains(reason),
+                "{reason} never decided: {reasons:?}"
+            );
         }
     }
 }
