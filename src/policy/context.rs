@@ -39,6 +39,93 @@ pub struct DecisionInput<'a> {
 pub const API_ID: &str = "schwab";
 pub const PROXY_ID: &str = "portcullis";
 
+/// Which fields of `context.order` the policy set can observe. Building
+/// the order record is most of a decision's cost (~1 µs per field), and a
+/// field no policy names cannot change any decision: when every use of
+/// `context` and of `context.order` in every policy is an attribute access
+/// or a `has` test with a literal name, the record holds only the fields so
+/// named. Any other use (`context.order == …`, `context` passed whole, …)
+/// keeps every field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderFields {
+    All,
+    Only(std::collections::HashSet<String>),
+}
+
+impl OrderFields {
+    fn wants(&self, field: &str) -> bool {
+        match self {
+            OrderFields::All => true,
+            OrderFields::Only(set) => set.contains(field),
+        }
+    }
+
+    /// From the policies' JSON (EST) form.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a serde_json::Value>) -> OrderFields {
+        let mut named = std::collections::HashSet::new();
+        for p in policies {
+            let Some(conditions) = p.get("conditions") else {
+                continue;
+            };
+            if visit(conditions, false, &mut named).is_err() {
+                return OrderFields::All;
+            }
+        }
+        OrderFields::Only(named)
+    }
+}
+
+/// Whether `e` is `context.order`.
+fn is_context_order(e: &serde_json::Value) -> bool {
+    e.get(".").is_some_and(|d| {
+        d.get("attr").and_then(|a| a.as_str()) == Some("order")
+            && d.get("left")
+                .and_then(|l| l.get("Var"))
+                .and_then(|v| v.as_str())
+                == Some("context")
+    })
+}
+
+/// Walks an EST expression; `accessed` is true when `e` is the left side of
+/// an attribute access or `has`. Err(()) on a use of `context` or
+/// `context.order` as a whole value.
+fn visit(
+    e: &serde_json::Value,
+    accessed: bool,
+    named: &mut std::collections::HashSet<String>,
+) -> Result<(), ()> {
+    match e {
+        serde_json::Value::Array(items) => items.iter().try_for_each(|i| visit(i, false, named)),
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match k.as_str() {
+                    // Literals hold no expressions.
+                    "Value" => {}
+                    "Var" => {
+                        if v.as_str() == Some("context") && !accessed {
+                            return Err(());
+                        }
+                    }
+                    "." | "has" => {
+                        let left = v.get("left").ok_or(())?;
+                        if is_context_order(left) {
+                            let attr = v.get("attr").and_then(|a| a.as_str()).ok_or(())?;
+                            named.insert(attr.to_owned());
+                        }
+                        if is_context_order(e) && !accessed {
+                            return Err(());
+                        }
+                        visit(left, true, named)?;
+                    }
+                    _ => visit(v, false, named)?,
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Entity type names, parsed once per policy set.
 pub struct Types {
     caller: EntityTypeName,
@@ -63,6 +150,7 @@ impl Types {
     pub fn parts(
         &self,
         input: &DecisionInput<'_>,
+        fields: &OrderFields,
     ) -> Result<(EntityUid, EntityUid, EntityUid, Context), String> {
         let uid = |t: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
@@ -74,7 +162,7 @@ impl Types {
             Resource::Api => uid(&self.api, API_ID),
             Resource::Proxy => uid(&self.proxy, PROXY_ID),
         };
-        Ok((principal, action, resource, context(input)?))
+        Ok((principal, action, resource, context(input, fields)?))
     }
 }
 
@@ -135,7 +223,7 @@ fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpressi
         .map_err(|e| e.to_string())
 }
 
-fn context(input: &DecisionInput<'_>) -> Result<Context, String> {
+fn context(input: &DecisionInput<'_>, fields: &OrderFields) -> Result<Context, String> {
     let (weekday, minute) = clock::market_clock(input.time);
     // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; policies
     // are written with IPv4 ranges.
@@ -155,60 +243,64 @@ fn context(input: &DecisionInput<'_>) -> Result<Context, String> {
         ("session_id".into(), string(input.session_id)),
     ];
     if let Some(o) = input.order {
-        pairs.push(("order".into(), order_record(o)?));
+        pairs.push(("order".into(), order_record(o, fields)?));
     }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
-fn order_record(o: &OrderSummary) -> Result<RestrictedExpression, String> {
+fn order_record(o: &OrderSummary, fields: &OrderFields) -> Result<RestrictedExpression, String> {
     let count = |n: usize| long(i64::try_from(n).unwrap_or(i64::MAX));
-    let mut legs = Vec::with_capacity(o.legs.len());
-    for l in &o.legs {
-        legs.push(record(vec![
-            ("symbol", string(&l.symbol)),
-            ("instruction", string(&l.instruction)),
-            ("quantity", long(l.quantity)),
-            ("asset_type", string(&l.asset_type)),
-        ])?);
-    }
-    let mut pairs = vec![
-        ("strategy", string(&o.strategy)),
-        ("strategies", string_set(&o.strategies)),
-        ("order_types", string_set(&o.order_types)),
-        ("sessions", string_set(&o.sessions)),
-        ("durations", string_set(&o.durations)),
-        ("max_order_quantity", long(o.max_order_quantity)),
-        ("legs", RestrictedExpression::new_set(legs)),
-        ("leg_count", count(o.legs.len())),
-        ("order_count", count(o.order_count)),
-        ("max_quantity", long(o.max_quantity)),
-        ("total_quantity", long(o.total_quantity)),
-        ("symbols", string_set(&o.symbols)),
-        ("instructions", string_set(&o.instructions)),
-        ("asset_types", string_set(&o.asset_types)),
-    ];
-    let optional = [
-        ("order_type", o.order_type.as_deref().map(string)),
-        ("duration", o.duration.as_deref().map(string)),
-        ("session", o.session.as_deref().map(string)),
-        (
-            "complex_strategy",
-            o.complex_strategy.as_deref().map(string),
-        ),
-        ("price", o.price.map(|p| ext(Ext::Decimal, p.to_string()))),
-        (
-            "stop_price",
-            o.stop_price.map(|p| ext(Ext::Decimal, p.to_string())),
-        ),
-        (
-            "notional",
-            o.notional.map(|p| ext(Ext::Decimal, p.to_string())),
-        ),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            pairs.push((k, v));
+    let legs = || -> Result<RestrictedExpression, String> {
+        let mut legs = Vec::with_capacity(o.legs.len());
+        for l in &o.legs {
+            legs.push(record(vec![
+                ("symbol", string(&l.symbol)),
+                ("instruction", string(&l.instruction)),
+                ("quantity", long(l.quantity)),
+                ("asset_type", string(&l.asset_type)),
+            ])?);
         }
+        Ok(RestrictedExpression::new_set(legs))
+    };
+    let mut pairs: Vec<(&str, RestrictedExpression)> = Vec::with_capacity(21);
+    // Each field is built only if the policy set can observe it.
+    macro_rules! field {
+        ($name:literal, $value:expr) => {
+            if fields.wants($name) {
+                pairs.push(($name, $value));
+            }
+        };
     }
+    field!("strategy", string(&o.strategy));
+    field!("strategies", string_set(&o.strategies));
+    field!("order_types", string_set(&o.order_types));
+    field!("sessions", string_set(&o.sessions));
+    field!("durations", string_set(&o.durations));
+    field!("max_order_quantity", long(o.max_order_quantity));
+    field!("legs", legs()?);
+    field!("leg_count", count(o.legs.len()));
+    field!("order_count", count(o.order_count));
+    field!("max_quantity", long(o.max_quantity));
+    field!("total_quantity", long(o.total_quantity));
+    field!("symbols", string_set(&o.symbols));
+    field!("instructions", string_set(&o.instructions));
+    field!("asset_types", string_set(&o.asset_types));
+    macro_rules! optional {
+        ($name:literal, $value:expr, $build:expr) => {
+            if let Some(v) = $value
+                && fields.wants($name)
+            {
+                pairs.push(($name, $build(v)));
+            }
+        };
+    }
+    let decimal = |p: crate::pipeline::order::Decimal4| ext(Ext::Decimal, p.to_string());
+    optional!("order_type", o.order_type.as_deref(), string);
+    optional!("duration", o.duration.as_deref(), string);
+    optional!("session", o.session.as_deref(), string);
+    optional!("complex_strategy", o.complex_strategy.as_deref(), string);
+    optional!("price", o.price, decimal);
+    optional!("stop_price", o.stop_price, decimal);
+    optional!("notional", o.notional, decimal);
     record(pairs)
 }

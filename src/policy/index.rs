@@ -52,19 +52,15 @@ pub enum Key {
     Symbols(Vec<String>),
 }
 
-/// The key of `p` (computed once per policy per load: it reads the
-/// policy's JSON form).
-pub fn key_of(p: &Policy) -> Key {
+/// The key of `p`, given its JSON form (computed once per policy per load).
+pub fn key_of(p: &Policy, json: &serde_json::Value) -> Key {
     if let PrincipalConstraint::Eq(uid) = p.principal_constraint() {
         return Key::Principal(uid);
     }
     if let ResourceConstraint::Eq(uid) = p.resource_constraint() {
         return Key::Resource(uid);
     }
-    match p.to_json() {
-        Ok(json) => symbol_key(&json).map_or(Key::None, Key::Symbols),
-        Err(_) => Key::None,
-    }
+    symbol_key(json).map_or(Key::None, Key::Symbols)
 }
 
 /// The literal symbols of a policy whose first condition is `when` and whose

@@ -211,6 +211,9 @@ pub struct Active {
     /// The whole set, indexed, for an action without a slice (`None` if it
     /// could not be indexed: the whole set is evaluated).
     whole: Option<index::ActionIndex>,
+    /// The fields of `context.order` the policies can observe (the others
+    /// are not built).
+    order_fields: context::OrderFields,
     /// Decisions of requests without an order body, for the current second.
     /// `None` when a policy mentions `session_id` (the one input a cache
     /// key leaves out).
@@ -263,10 +266,23 @@ impl Active {
                 message: e,
             }]
         })?;
+        let json: Vec<Option<serde_json::Value>> =
+            bundle.set.policies().map(|p| p.to_json().ok()).collect();
+        let order_fields = if json.iter().all(Option::is_some) {
+            context::OrderFields::of(json.iter().flatten())
+        } else {
+            context::OrderFields::All
+        };
         let keyed: Vec<(cedar_policy::Policy, index::Key)> = bundle
             .set
             .policies()
-            .map(|p| (p.clone(), index::key_of(p)))
+            .zip(&json)
+            .map(|(p, j)| {
+                (
+                    p.clone(),
+                    j.as_ref().map_or(index::Key::None, |j| index::key_of(p, j)),
+                )
+            })
             .collect();
         let by_action = slice_by_action(&bundle, &keyed);
         let whole = index::ActionIndex::new(&keyed);
@@ -286,6 +302,7 @@ impl Active {
             types,
             by_action,
             whole,
+            order_fields,
             cache,
         })
     }
@@ -371,10 +388,15 @@ impl Active {
     }
 
     /// Evaluates `request` against the whole slice in one go, without the
-    /// index (the reference the index is tested against).
+    /// index and with every order field (the reference the index and the
+    /// trimmed order record are tested against).
     #[cfg(test)]
     fn evaluate_unindexed(&self, input: &DecisionInput<'_>) -> Decision {
-        match self.request(input) {
+        let request = self
+            .types
+            .parts(input, &context::OrderFields::All)
+            .and_then(|(p, a, r, c)| Request::new(p, a, r, c, None).map_err(|e| e.to_string()));
+        match request {
             Ok(request) => self.combine(&request, &[self.policies_for(input.action)]),
             Err(_) => Decision::deny(REASON_POLICY_ERROR, Vec::new()),
         }
@@ -439,7 +461,7 @@ impl Active {
 
     /// The Cedar request for `input` (public for the benches).
     pub fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
-        let (principal, action, resource, context) = self.types.parts(input)?;
+        let (principal, action, resource, context) = self.types.parts(input, &self.order_fields)?;
         // No per-request schema check: the context is built by this module
         // in the schema's shape, and a mismatch could only make a policy
         // error out or not match — a deny either way (see `decide`).
@@ -1003,6 +1025,44 @@ mod tests {
                 reasons.contains(reason),
                 "{reason} never decided: {reasons:?}"
             );
+        }
+    }
+
+    fn order_fields(policies: &str) -> context::OrderFields {
+        active_with(policies).order_fields
+    }
+
+    #[test]
+    fn only_the_order_fields_policies_name_are_built() {
+        use context::OrderFields;
+        let only =
+            |names: &[&str]| OrderFields::Only(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(
+            order_fields(
+                r#"@id("a") forbid (principal, action == Action::"PlaceOrder", resource)
+                   when { context.order.max_quantity > 100 };
+                   @id("b") forbid (principal, action == Action::"PlaceOrder", resource)
+                   when { context.order has price && context["order"].price.greaterThan(decimal("5.0")) };
+                   @id("c") permit (principal, action, resource) when { context.mfa };"#
+            ),
+            only(&["max_quantity", "price"])
+        );
+        // No policy reads the order: an empty record.
+        assert_eq!(
+            order_fields(r#"@id("c") permit (principal, action, resource);"#),
+            only(&[])
+        );
+        // The order, or the whole context, used as a value: every field.
+        for whole in [
+            r#"when { context.order == context.order }"#,
+            r#"when { context == context }"#,
+            r#"when { (if context.mfa then context.order else context.order).max_quantity > 1 }"#,
+            r#"when { [context.order].contains(context.order) }"#,
+        ] {
+            let text = format!(
+                "@id(\"w\") forbid (principal, action == Action::\"PlaceOrder\", resource) {whole};"
+            );
+            assert_eq!(order_fields(&text), OrderFields::All, "{whole}");
         }
     }
 }
