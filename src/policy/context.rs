@@ -101,6 +101,13 @@ fn visit(
                 match k.as_str() {
                     // Literals hold no expressions.
                     "Value" => {}
+                    // A record literal's keys are names chosen by the
+                    // policy author, not node kinds: only its values are
+                    // expressions.
+                    "Record" => {
+                        let fields = v.as_object().ok_or(())?;
+                        fields.values().try_for_each(|f| visit(f, false, named))?;
+                    }
                     "Var" => {
                         if v.as_str() == Some("context") && !accessed {
                             return Err(());

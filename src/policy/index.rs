@@ -18,8 +18,8 @@
 //! error could have come from it). A scope `==` cannot error, and
 //! `context.order.symbols.contains(…)` cannot either when the request has an
 //! order (the proxy always builds `symbols` as a set of strings); without an
-//! order the symbol-keyed policies are all evaluated (they then error, and an
-//! error is a deny, as without the index).
+//! order the symbol-keyed policies are all evaluated (those whose scope
+//! matches then error, and an error is a deny, as without the index).
 //!
 //! The groups are evaluated one by one and combined as Cedar combines
 //! policies: any satisfied `forbid` denies, else any satisfied `permit`

@@ -1058,6 +1058,10 @@ mod tests {
             r#"when { context == context }"#,
             r#"when { (if context.mfa then context.order else context.order).max_quantity > 1 }"#,
             r#"when { [context.order].contains(context.order) }"#,
+            // Record keys that look like EST node kinds.
+            r#"when { {Value: context.order}.Value has price }"#,
+            r#"when { {Var: context}.Var.order has price }"#,
+            r#"when { {"has": context.order, x: 1}.x == 1 }"#,
         ] {
             let text = format!(
                 "@id(\"w\") forbid (principal, action == Action::\"PlaceOrder\", resource) {whole};"
