@@ -39,40 +39,64 @@ pub struct DecisionInput<'a> {
 pub const API_ID: &str = "schwab";
 pub const PROXY_ID: &str = "portcullis";
 
-/// Which fields of `context.order` the policy set can observe. Building
-/// the order record is most of a decision's cost (~1 µs per field), and a
-/// field no policy names cannot change any decision: when every use of
-/// `context` and of `context.order` in every policy is an attribute access
-/// or a `has` test with a literal name, the record holds only the fields so
-/// named. Any other use (`context.order == …`, `context` passed whole, …)
-/// keeps every field.
+/// Which fields of the context and of `context.order` the policy set can
+/// observe. Building the context is most of a decision's cost (~1 µs per
+/// order field; the time and address are extension values Cedar re-parses),
+/// and a field no policy names cannot change any decision: when every use
+/// of `context` and of `context.order` in every policy is an attribute
+/// access or a `has` test with a literal name, only the fields so named are
+/// built. Any other use (`context.order == …`, `context` passed whole, …)
+/// builds every field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderFields {
+pub enum ContextFields {
     All,
-    Only(std::collections::HashSet<String>),
+    Only {
+        context: std::collections::HashSet<String>,
+        order: std::collections::HashSet<String>,
+    },
 }
 
-impl OrderFields {
+impl ContextFields {
     fn wants(&self, field: &str) -> bool {
         match self {
-            OrderFields::All => true,
-            OrderFields::Only(set) => set.contains(field),
+            ContextFields::All => true,
+            ContextFields::Only { context, .. } => context.contains(field),
+        }
+    }
+
+    fn wants_order(&self, field: &str) -> bool {
+        match self {
+            ContextFields::All => true,
+            ContextFields::Only { order, .. } => order.contains(field),
         }
     }
 
     /// From the policies' JSON (EST) form.
-    pub fn of<'a>(policies: impl IntoIterator<Item = &'a serde_json::Value>) -> OrderFields {
-        let mut named = std::collections::HashSet::new();
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a serde_json::Value>) -> ContextFields {
+        let mut named = Named::default();
         for p in policies {
             let Some(conditions) = p.get("conditions") else {
                 continue;
             };
             if visit(conditions, false, &mut named).is_err() {
-                return OrderFields::All;
+                return ContextFields::All;
             }
         }
-        OrderFields::Only(named)
+        ContextFields::Only {
+            context: named.context,
+            order: named.order,
+        }
     }
+}
+
+#[derive(Default)]
+struct Named {
+    context: std::collections::HashSet<String>,
+    order: std::collections::HashSet<String>,
+}
+
+fn is_context(e: &serde_json::Value) -> bool {
+    e.get("Var").and_then(|v| v.as_str()) == Some("context")
 }
 
 /// Whether `e` is `context.order`.
@@ -89,11 +113,7 @@ fn is_context_order(e: &serde_json::Value) -> bool {
 /// Walks an EST expression; `accessed` is true when `e` is the left side of
 /// an attribute access or `has`. Err(()) on a use of `context` or
 /// `context.order` as a whole value.
-fn visit(
-    e: &serde_json::Value,
-    accessed: bool,
-    named: &mut std::collections::HashSet<String>,
-) -> Result<(), ()> {
+fn visit(e: &serde_json::Value, accessed: bool, named: &mut Named) -> Result<(), ()> {
     match e {
         serde_json::Value::Array(items) => items.iter().try_for_each(|i| visit(i, false, named)),
         serde_json::Value::Object(map) => {
@@ -115,9 +135,11 @@ fn visit(
                     }
                     "." | "has" => {
                         let left = v.get("left").ok_or(())?;
+                        let attr = v.get("attr").and_then(|a| a.as_str()).ok_or(())?;
                         if is_context_order(left) {
-                            let attr = v.get("attr").and_then(|a| a.as_str()).ok_or(())?;
-                            named.insert(attr.to_owned());
+                            named.order.insert(attr.to_owned());
+                        } else if is_context(left) {
+                            named.context.insert(attr.to_owned());
                         }
                         if is_context_order(e) && !accessed {
                             return Err(());
@@ -157,7 +179,7 @@ impl Types {
     pub fn parts(
         &self,
         input: &DecisionInput<'_>,
-        fields: &OrderFields,
+        fields: &ContextFields,
     ) -> Result<(EntityUid, EntityUid, EntityUid, Context), String> {
         let uid = |t: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
@@ -230,32 +252,36 @@ fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpressi
         .map_err(|e| e.to_string())
 }
 
-fn context(input: &DecisionInput<'_>, fields: &OrderFields) -> Result<Context, String> {
-    let (weekday, minute) = clock::market_clock(input.time);
+fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context, String> {
+    let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(7);
+    let mut field = |name: &str, build: &dyn Fn() -> Result<RestrictedExpression, String>| {
+        if fields.wants(name) {
+            pairs.push((name.to_owned(), build()?));
+        }
+        Ok::<(), String>(())
+    };
     // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; policies
     // are written with IPv4 ranges.
-    let ip = input.client_ip.to_canonical();
-    let mut pairs: Vec<(String, RestrictedExpression)> = vec![
-        ("client_ip".into(), ext(Ext::Ip, ip.to_string())),
-        (
-            "time".into(),
-            ext(Ext::Datetime, clock::cedar_datetime(input.time)),
-        ),
-        (
-            "market_clock".into(),
-            record(vec![("weekday", long(weekday)), ("minute", long(minute))])?,
-        ),
-        ("mfa".into(), RestrictedExpression::new_bool(input.mfa)),
-        ("environment".into(), string(input.environment)),
-        ("session_id".into(), string(input.session_id)),
-    ];
+    field("client_ip", &|| {
+        Ok(ext(Ext::Ip, input.client_ip.to_canonical().to_string()))
+    })?;
+    field("time", &|| {
+        Ok(ext(Ext::Datetime, clock::cedar_datetime(input.time)))
+    })?;
+    field("market_clock", &|| {
+        let (weekday, minute) = clock::market_clock(input.time);
+        record(vec![("weekday", long(weekday)), ("minute", long(minute))])
+    })?;
+    field("mfa", &|| Ok(RestrictedExpression::new_bool(input.mfa)))?;
+    field("environment", &|| Ok(string(input.environment)))?;
+    field("session_id", &|| Ok(string(input.session_id)))?;
     if let Some(o) = input.order {
-        pairs.push(("order".into(), order_record(o, fields)?));
+        field("order", &|| order_record(o, fields))?;
     }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
-fn order_record(o: &OrderSummary, fields: &OrderFields) -> Result<RestrictedExpression, String> {
+fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedExpression, String> {
     let count = |n: usize| long(i64::try_from(n).unwrap_or(i64::MAX));
     let legs = || -> Result<RestrictedExpression, String> {
         let mut legs = Vec::with_capacity(o.legs.len());
@@ -273,7 +299,7 @@ fn order_record(o: &OrderSummary, fields: &OrderFields) -> Result<RestrictedExpr
     // Each field is built only if the policy set can observe it.
     macro_rules! field {
         ($name:literal, $value:expr) => {
-            if fields.wants($name) {
+            if fields.wants_order($name) {
                 pairs.push(($name, $value));
             }
         };
@@ -295,7 +321,7 @@ fn order_record(o: &OrderSummary, fields: &OrderFields) -> Result<RestrictedExpr
     macro_rules! optional {
         ($name:literal, $value:expr, $build:expr) => {
             if let Some(v) = $value
-                && fields.wants($name)
+                && fields.wants_order($name)
             {
                 pairs.push(($name, $build(v)));
             }

@@ -213,7 +213,7 @@ pub struct Active {
     whole: Option<index::ActionIndex>,
     /// The fields of `context.order` the policies can observe (the others
     /// are not built).
-    order_fields: context::OrderFields,
+    context_fields: context::ContextFields,
     /// Decisions of requests without an order body, for the current second.
     /// `None` when a policy mentions `session_id` (the one input a cache
     /// key leaves out).
@@ -268,10 +268,10 @@ impl Active {
         })?;
         let json: Vec<Option<serde_json::Value>> =
             bundle.set.policies().map(|p| p.to_json().ok()).collect();
-        let order_fields = if json.iter().all(Option::is_some) {
-            context::OrderFields::of(json.iter().flatten())
+        let context_fields = if json.iter().all(Option::is_some) {
+            context::ContextFields::of(json.iter().flatten())
         } else {
-            context::OrderFields::All
+            context::ContextFields::All
         };
         let keyed: Vec<(cedar_policy::Policy, index::Key)> = bundle
             .set
@@ -302,7 +302,7 @@ impl Active {
             types,
             by_action,
             whole,
-            order_fields,
+            context_fields,
             cache,
         })
     }
@@ -394,7 +394,7 @@ impl Active {
     fn evaluate_unindexed(&self, input: &DecisionInput<'_>) -> Decision {
         let request = self
             .types
-            .parts(input, &context::OrderFields::All)
+            .parts(input, &context::ContextFields::All)
             .and_then(|(p, a, r, c)| Request::new(p, a, r, c, None).map_err(|e| e.to_string()));
         match request {
             Ok(request) => self.combine(&request, &[self.policies_for(input.action)]),
@@ -461,7 +461,8 @@ impl Active {
 
     /// The Cedar request for `input` (public for the benches).
     pub fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
-        let (principal, action, resource, context) = self.types.parts(input, &self.order_fields)?;
+        let (principal, action, resource, context) =
+            self.types.parts(input, &self.context_fields)?;
         // No per-request schema check: the context is built by this module
         // in the schema's shape, and a mismatch could only make a policy
         // error out or not match — a deny either way (see `decide`).
@@ -1028,29 +1029,39 @@ mod tests {
         }
     }
 
-    fn order_fields(policies: &str) -> context::OrderFields {
-        active_with(policies).order_fields
+    fn context_fields(policies: &str) -> context::ContextFields {
+        active_with(policies).context_fields
     }
 
     #[test]
-    fn only_the_order_fields_policies_name_are_built() {
-        use context::OrderFields;
-        let only =
-            |names: &[&str]| OrderFields::Only(names.iter().map(|n| n.to_string()).collect());
+    fn only_the_context_fields_policies_name_are_built() {
+        use context::ContextFields;
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let only = |context: &[&str], order: &[&str]| ContextFields::Only {
+            context: set(context),
+            order: set(order),
+        };
         assert_eq!(
-            order_fields(
+            context_fields(
                 r#"@id("a") forbid (principal, action == Action::"PlaceOrder", resource)
                    when { context.order.max_quantity > 100 };
                    @id("b") forbid (principal, action == Action::"PlaceOrder", resource)
                    when { context.order has price && context["order"].price.greaterThan(decimal("5.0")) };
                    @id("c") permit (principal, action, resource) when { context.mfa };"#
             ),
-            only(&["max_quantity", "price"])
+            only(&["order", "mfa"], &["max_quantity", "price"])
         );
-        // No policy reads the order: an empty record.
+        // No policy reads the context: nothing is built.
         assert_eq!(
-            order_fields(r#"@id("c") permit (principal, action, resource);"#),
-            only(&[])
+            context_fields(r#"@id("c") permit (principal, action, resource);"#),
+            only(&[], &[])
+        );
+        assert_eq!(
+            context_fields(
+                r#"@id("t") forbid (principal, action, resource)
+                   unless { context has client_ip && context.client_ip.isInRange(ip("10.0.0.0/8")) };"#
+            ),
+            only(&["client_ip"], &[])
         );
         // The order, or the whole context, used as a value: every field.
         for whole in [
@@ -1066,7 +1077,7 @@ mod tests {
             let text = format!(
                 "@id(\"w\") forbid (principal, action == Action::\"PlaceOrder\", resource) {whole};"
             );
-            assert_eq!(order_fields(&text), OrderFields::All, "{whole}");
+            assert_eq!(context_fields(&text), ContextFields::All, "{whole}");
         }
     }
 }
