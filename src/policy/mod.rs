@@ -250,8 +250,76 @@ struct DecisionCache {
 /// not cached until the second turns).
 const DECISION_CACHE_ENTRIES: usize = 4096;
 
+/// The JSON (EST) form of policies by their text, kept from one load to the
+/// next: `Policy::to_json` re-parses the text (~60 µs a policy), and a
+/// reload usually changes few of them. Holds only the last load's policies.
+#[derive(Default)]
+pub struct EstCache(std::sync::Mutex<HashMap<String, Arc<serde_json::Value>>>);
+
+impl EstCache {
+    /// The JSON form of every policy of `set` (`None` for one that has
+    /// none); misses are converted on up to two threads.
+    fn forms(&self, set: &PolicySet) -> Vec<Option<Arc<serde_json::Value>>> {
+        let texts: Vec<String> = set.policies().map(|p| p.to_string()).collect();
+        let old = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let policies: Vec<&cedar_policy::Policy> = set.policies().collect();
+        let misses: Vec<usize> = (0..texts.len())
+            .filter(|&i| !old.contains_key(&texts[i]))
+            .collect();
+        let convert = |idx: &[usize]| -> Vec<(usize, Option<Arc<serde_json::Value>>)> {
+            idx.iter()
+                .map(|&i| (i, policies[i].to_json().ok().map(Arc::new)))
+                .collect()
+        };
+        let converted: Vec<(usize, Option<Arc<serde_json::Value>>)> = if misses.len() < 64 {
+            convert(&misses)
+        } else {
+            let (a, b) = misses.split_at(misses.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| convert(b));
+                let mut out = convert(a);
+                // A panicking conversion thread leaves its half as misses
+                // (`None`: the whole set is then treated conservatively).
+                out.extend(other.join().unwrap_or_default());
+                out
+            })
+        };
+        let mut forms: Vec<Option<Arc<serde_json::Value>>> =
+            texts.iter().map(|t| old.get(t).cloned()).collect();
+        for (i, form) in converted {
+            forms[i] = form;
+        }
+        let mut next = HashMap::with_capacity(texts.len());
+        for (text, form) in texts.into_iter().zip(&forms) {
+            if let Some(f) = form {
+                next.insert(text, Arc::clone(f));
+            }
+        }
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        forms
+    }
+}
+
 impl Active {
     pub fn new(bundle: PolicyBundle, directory: &Directory) -> Result<Active, Vec<PolicyIssue>> {
+        Active::with_cache(bundle, directory, &EstCache::default())
+    }
+
+    /// [`Active::new`], reusing the JSON forms of policies unchanged since
+    /// the last load through `cache`.
+    pub fn with_cache(
+        bundle: PolicyBundle,
+        directory: &Directory,
+        cache: &EstCache,
+    ) -> Result<Active, Vec<PolicyIssue>> {
         let entities = directory.entities(&bundle.schema).map_err(|e| {
             vec![PolicyIssue {
                 file: "configuration (callers / accounts)".into(),
@@ -266,10 +334,9 @@ impl Active {
                 message: e,
             }]
         })?;
-        let json: Vec<Option<serde_json::Value>> =
-            bundle.set.policies().map(|p| p.to_json().ok()).collect();
+        let json = cache.forms(&bundle.set);
         let context_fields = if json.iter().all(Option::is_some) {
-            context::ContextFields::of(json.iter().flatten())
+            context::ContextFields::of(json.iter().flatten().map(|j| &**j))
         } else {
             context::ContextFields::All
         };
@@ -519,6 +586,9 @@ pub struct Engine {
     /// Serializes reloads from reading the files to the swap, so a slow
     /// reload of older files can never replace a newer set.
     reloading: std::sync::Mutex<()>,
+    /// Policies' JSON forms from the last load (a reload converts only the
+    /// changed ones).
+    est: EstCache,
 }
 
 impl Engine {
@@ -534,7 +604,8 @@ impl Engine {
         required_actions: Vec<String>,
     ) -> Result<Engine, Vec<PolicyIssue>> {
         let bundle = PolicyBundle::load(&source)?;
-        let active = Active::new(bundle, &directory)?;
+        let est = EstCache::default();
+        let active = Active::with_cache(bundle, &directory, &est)?;
         let issues = check_route_actions(&active, required_actions.iter().map(|a| a.as_str()));
         if !issues.is_empty() {
             return Err(issues);
@@ -545,6 +616,7 @@ impl Engine {
             directory,
             required_actions,
             reloading: std::sync::Mutex::new(()),
+            est,
         })
     }
 
@@ -577,7 +649,7 @@ impl Engine {
                 changed: false,
             });
         }
-        let active = Arc::new(Active::new(bundle, &self.directory)?);
+        let active = Arc::new(Active::with_cache(bundle, &self.directory, &self.est)?);
         let issues = check_route_actions(&active, self.required_actions.iter().map(|a| a.as_str()));
         if !issues.is_empty() {
             return Err(issues);
@@ -1078,6 +1150,43 @@ mod tests {
                 "@id(\"w\") forbid (principal, action == Action::\"PlaceOrder\", resource) {whole};"
             );
             assert_eq!(context_fields(&text), ContextFields::All, "{whole}");
+        }
+    }
+
+    /// The JSON forms come from the cache only for unchanged text: after an
+    /// edit every form equals a fresh conversion (both the single-thread
+    /// path and the two-thread one for many misses).
+    #[test]
+    fn est_cache_never_serves_a_stale_form() {
+        let set_of = |n: usize, symbol: &str| {
+            let text: String = (0..n)
+                .map(|i| {
+                    format!(
+                        "@id(\"p{i}\") forbid (principal, action, resource) when {{ context.order.symbols.contains(\"{symbol}{}\") }};\n",
+                        i % 7
+                    )
+                })
+                .collect();
+            PolicySet::from_str(&text).expect("policies")
+        };
+        let cache = EstCache::default();
+        for (n, symbol) in [
+            (3, "A"),
+            (3, "B"),
+            (200, "A"),
+            (200, "A"),
+            (200, "C"),
+            (5, "C"),
+        ] {
+            let set = set_of(n, symbol);
+            let forms = cache.forms(&set);
+            assert_eq!(forms.len(), n);
+            for (p, form) in set.policies().zip(&forms) {
+                let fresh = p.to_json().expect("json");
+                assert_eq!(form.as_deref(), Some(&fresh), "{n} {symbol} {}", p.id());
+            }
+            // Only the current set's forms are kept.
+            assert_eq!(cache.0.lock().expect("lock").len(), n);
         }
     }
 }
