@@ -353,15 +353,14 @@ impl Active {
             .collect();
         let by_action = slice_by_action(&bundle, &keyed);
         let whole = index::ActionIndex::new(&keyed);
-        let cache = (!bundle
-            .set
-            .policies()
-            // The text, conservatively: any mention of "session", or any
-            // `\u` escape (which could spell it), turns the cache off.
-            .any(|p| {
-                let text = p.to_string();
-                text.contains("session") || text.contains("\\u")
-            }))
+        // The cache key leaves out `session_id`: cache only when no policy
+        // can read it. Decided from the policies' parsed form (escapes such
+        // as `\x73ession_id` are decoded there), so a whole use of the
+        // context (`All`) also turns the cache off.
+        let cache = match &context_fields {
+            context::ContextFields::Only { context, .. } => !context.contains("session_id"),
+            context::ContextFields::All => false,
+        }
         .then(|| std::sync::Mutex::new(DecisionCache::default()));
         Ok(Active {
             bundle,
@@ -910,10 +909,31 @@ mod tests {
         );
         assert!(a.cache.is_none());
         // Also when spelled with an escape.
-        let escaped = active_with(
-            r#"@id("p") permit (principal, action, resource) when { context["sess\u{69}on_id"] != "x" };"#,
+        for spelled in [
+            r#"context["sess\u{69}on_id"]"#,
+            r#"context["\x73ession_id"]"#,
+        ] {
+            let escaped = active_with(&format!(
+                r#"@id("p") permit (principal, action, resource);
+                   @id("f") forbid (principal, action, resource) when {{ {spelled} like "bad*" }};"#
+            ));
+            assert!(escaped.cache.is_none(), "{spelled}");
+            // Two sessions in the same second get their own decisions.
+            let now = time::OffsetDateTime::now_utc();
+            let mut ok = quote_at(now);
+            ok.session_id = "ok";
+            let mut bad = quote_at(now);
+            bad.session_id = "bad-1";
+            assert!(escaped.decide(&ok).allowed);
+            assert!(!escaped.decide(&bad).allowed, "{spelled}");
+        }
+        // A mention of "session" outside any use of the field leaves the
+        // cache on.
+        let harmless = active_with(
+            r#"@id("session-rule") @reason("session_closed") forbid (principal, action == Action::"PlaceOrder", resource)
+               when { context.order.sessions.contains("AM") };"#,
         );
-        assert!(escaped.cache.is_none());
+        assert!(harmless.cache.is_some());
         assert!(a.decide(&quote_at(time::OffsetDateTime::now_utc())).allowed);
     }
 
