@@ -9,15 +9,18 @@
 //! - `principal == Caller::"x"` in the scope: only a request by `x`;
 //! - `resource == Account::"h"` in the scope: only a request on `h`;
 //! - a first condition `when { context.order.symbols.contains("S") && … }`
-//!   (or `containsAny(["S", …])` with string literals): only a request whose
-//!   order includes one of those symbols.
+//!   (or `containsAny(["S", …])` with string literals), on any of the
+//!   order's string sets (`symbols`, `instructions`, `asset_types`,
+//!   `order_types`, `sessions`, `durations`, `strategies`), or an `||` of
+//!   such tests: only a request whose order has one of those values.
 //!
 //! Skipping is exact, errors included: Cedar evaluates a policy as
 //! `scope && first condition && …` from the left, so when a key does not
 //! hold, the policy is false and nothing after the key is evaluated (no
 //! error could have come from it). A scope `==` cannot error, and
-//! `context.order.symbols.contains(…)` cannot either when the request has an
-//! order (the proxy always builds `symbols` as a set of strings); without an
+//! `context.order.<set>.contains(…)` cannot either when the request has an
+//! order (the proxy always builds those sets of strings; an `||` of such
+//! tests is false exactly when each is); without an
 //! order the symbol-keyed policies are all evaluated (those whose scope
 //! matches then error, and an error is a deny, as without the index).
 //!
@@ -29,6 +32,8 @@ use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
 
+use crate::pipeline::order::OrderSummary;
+
 /// One action's policies, grouped by what must hold for each to apply.
 pub struct ActionIndex {
     /// Every policy of the slice (what the index replaces; for tests and
@@ -38,9 +43,10 @@ pub struct ActionIndex {
     general: PolicySet,
     by_principal: HashMap<EntityUid, PolicySet>,
     by_resource: HashMap<EntityUid, PolicySet>,
-    by_symbol: HashMap<String, PolicySet>,
-    /// Every symbol-keyed policy, for a request without an order.
-    symbol_keyed: PolicySet,
+    /// By (order field, value).
+    by_order_value: HashMap<(OrderSet, String), PolicySet>,
+    /// Every order-keyed policy, for a request without an order.
+    order_keyed: PolicySet,
 }
 
 /// The key a policy is filed under.
@@ -49,7 +55,57 @@ pub enum Key {
     None,
     Principal(EntityUid),
     Resource(EntityUid),
-    Symbols(Vec<String>),
+    /// Any of these (order field, value) pairs.
+    OrderValues(Vec<(OrderSet, String)>),
+}
+
+/// The order's sets of strings a key can test: always present in the
+/// order record (`policies/schema.cedarschema`, `context.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderSet {
+    Symbols,
+    Instructions,
+    AssetTypes,
+    OrderTypes,
+    Sessions,
+    Durations,
+    Strategies,
+}
+
+impl OrderSet {
+    const ALL: [OrderSet; 7] = [
+        OrderSet::Symbols,
+        OrderSet::Instructions,
+        OrderSet::AssetTypes,
+        OrderSet::OrderTypes,
+        OrderSet::Sessions,
+        OrderSet::Durations,
+        OrderSet::Strategies,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            OrderSet::Symbols => "symbols",
+            OrderSet::Instructions => "instructions",
+            OrderSet::AssetTypes => "asset_types",
+            OrderSet::OrderTypes => "order_types",
+            OrderSet::Sessions => "sessions",
+            OrderSet::Durations => "durations",
+            OrderSet::Strategies => "strategies",
+        }
+    }
+
+    fn of(self, o: &OrderSummary) -> &[String] {
+        match self {
+            OrderSet::Symbols => &o.symbols,
+            OrderSet::Instructions => &o.instructions,
+            OrderSet::AssetTypes => &o.asset_types,
+            OrderSet::OrderTypes => &o.order_types,
+            OrderSet::Sessions => &o.sessions,
+            OrderSet::Durations => &o.durations,
+            OrderSet::Strategies => &o.strategies,
+        }
+    }
 }
 
 /// The key of `p`, given its JSON form (computed once per policy per load).
@@ -60,13 +116,14 @@ pub fn key_of(p: &Policy, json: &serde_json::Value) -> Key {
     if let ResourceConstraint::Eq(uid) = p.resource_constraint() {
         return Key::Resource(uid);
     }
-    symbol_key(json).map_or(Key::None, Key::Symbols)
+    order_key(json).map_or(Key::None, Key::OrderValues)
 }
 
-/// The literal symbols of a policy whose first condition is `when` and whose
-/// leftmost conjunct is `context.order.symbols.contains("S")` or
-/// `….containsAny(["S", …])` (every element a string literal).
-fn symbol_key(policy: &serde_json::Value) -> Option<Vec<String>> {
+/// The (order field, value) pairs of a policy whose first condition is
+/// `when` and whose leftmost conjunct is a test of one of the order's string
+/// sets — `context.order.F.contains("v")` or `….containsAny(["v", …])`, every
+/// element a string literal — or an `||` of such tests.
+fn order_key(policy: &serde_json::Value) -> Option<Vec<(OrderSet, String)>> {
     let first = policy.get("conditions")?.as_array()?.first()?;
     if first.get("kind")?.as_str()? != "when" {
         return None;
@@ -75,31 +132,54 @@ fn symbol_key(policy: &serde_json::Value) -> Option<Vec<String>> {
     while let Some(and) = expr.get("&&") {
         expr = and.get("left")?;
     }
+    let mut out = Vec::new();
+    collect_tests(expr, &mut out)?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// Adds the pairs of `e` (a test or an `||` of tests); `None` if any part
+/// is not such a test.
+fn collect_tests(e: &serde_json::Value, out: &mut Vec<(OrderSet, String)>) -> Option<()> {
+    if let Some(or) = e.get("||") {
+        collect_tests(or.get("left")?, out)?;
+        return collect_tests(or.get("right")?, out);
+    }
     let single = |e: &serde_json::Value| e.get("Value")?.as_str().map(str::to_owned);
-    let (call, args) = if let Some(c) = expr.get("contains") {
+    let (call, values) = if let Some(c) = e.get("contains") {
         (c, vec![single(c.get("right")?)?])
-    } else if let Some(c) = expr.get("containsAny") {
+    } else if let Some(c) = e.get("containsAny") {
         let set = c.get("right")?.get("Set")?.as_array()?;
-        let args = set.iter().map(single).collect::<Option<Vec<_>>>()?;
-        (c, args)
+        (c, set.iter().map(single).collect::<Option<Vec<_>>>()?)
     } else {
         return None;
     };
-    if !is_order_symbols(call.get("left")?) || args.is_empty() {
+    let field = order_set(call.get("left")?)?;
+    if values.is_empty() {
+        // `containsAny([])` is false for every order: keyed under nothing,
+        // the policy is never evaluated with an order — exact, yet keep it
+        // general for clarity.
         return None;
     }
-    Some(args)
+    out.extend(values.into_iter().map(|v| (field, v)));
+    Some(())
 }
 
-/// `context.order.symbols`, written with dots or brackets (the same EST).
-fn is_order_symbols(e: &serde_json::Value) -> bool {
-    let attr = |e: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+/// `context.order.F` for one of the order's string sets, written with dots
+/// or brackets (the same EST).
+fn order_set(e: &serde_json::Value) -> Option<OrderSet> {
+    let attr = |e: &serde_json::Value| -> Option<(String, serde_json::Value)> {
         let dot = e.get(".")?;
-        (dot.get("attr")?.as_str()? == name).then(|| dot.get("left").cloned())?
+        Some((
+            dot.get("attr")?.as_str()?.to_owned(),
+            dot.get("left")?.clone(),
+        ))
     };
-    attr(e, "symbols")
-        .and_then(|order| attr(&order, "order"))
-        .is_some_and(|ctx| ctx.get("Var").and_then(|v| v.as_str()) == Some("context"))
+    let (field, order) = attr(e)?;
+    let (name, ctx) = attr(&order)?;
+    if name != "order" || ctx.get("Var").and_then(|v| v.as_str()) != Some("context") {
+        return None;
+    }
+    OrderSet::ALL.into_iter().find(|s| s.name() == field)
 }
 
 fn add(set: &mut PolicySet, p: &Policy) -> bool {
@@ -115,8 +195,8 @@ impl ActionIndex {
             general: PolicySet::new(),
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
-            by_symbol: HashMap::new(),
-            symbol_keyed: PolicySet::new(),
+            by_order_value: HashMap::new(),
+            order_keyed: PolicySet::new(),
         };
         let mut ok = true;
         for (p, key) in policies {
@@ -125,11 +205,11 @@ impl ActionIndex {
                 Key::None => add(&mut ix.general, p),
                 Key::Principal(uid) => add(ix.by_principal.entry(uid).or_default(), p),
                 Key::Resource(uid) => add(ix.by_resource.entry(uid).or_default(), p),
-                Key::Symbols(symbols) => {
-                    let mut ok = add(&mut ix.symbol_keyed, p);
-                    let distinct: HashSet<String> = symbols.into_iter().collect();
-                    for s in distinct {
-                        ok &= add(ix.by_symbol.entry(s).or_default(), p);
+                Key::OrderValues(pairs) => {
+                    let mut ok = add(&mut ix.order_keyed, p);
+                    let distinct: HashSet<(OrderSet, String)> = pairs.into_iter().collect();
+                    for pair in distinct {
+                        ok &= add(ix.by_order_value.entry(pair).or_default(), p);
                     }
                     ok
                 }
@@ -139,27 +219,34 @@ impl ActionIndex {
     }
 
     /// The groups a request must evaluate: never one whose key the request
-    /// can satisfy left out. A policy listing two of the order's symbols is
+    /// can satisfy left out. A policy keyed by two values the order has is
     /// in two groups and evaluated twice (same result; ids are deduplicated
     /// when the groups are combined).
     pub fn groups<'s>(
         &'s self,
         principal: &EntityUid,
         resource: &EntityUid,
-        order_symbols: Option<&[String]>,
+        order: Option<&OrderSummary>,
     ) -> Vec<&'s PolicySet> {
         let mut out = Vec::with_capacity(4);
         out.push(&self.general);
         out.extend(self.by_principal.get(principal));
         out.extend(self.by_resource.get(resource));
-        match order_symbols {
-            None => out.push(&self.symbol_keyed),
-            Some(symbols) => {
-                for (i, s) in symbols.iter().enumerate() {
-                    if symbols[..i].contains(s) {
-                        continue;
+        match order {
+            None => out.push(&self.order_keyed),
+            Some(_) if self.by_order_value.is_empty() => {}
+            Some(o) => {
+                let mut key = (OrderSet::Symbols, String::new());
+                for field in OrderSet::ALL {
+                    let values = field.of(o);
+                    for (i, v) in values.iter().enumerate() {
+                        if values[..i].contains(v) {
+                            continue;
+                        }
+                        key.0 = field;
+                        v.clone_into(&mut key.1);
+                        out.extend(self.by_order_value.get(&key));
                     }
-                    out.extend(self.by_symbol.get(s.as_str()));
                 }
             }
         }

@@ -445,7 +445,7 @@ impl Active {
         };
         let groups = match self.index_for(input.action) {
             Some(ix) => match (request.principal(), request.resource()) {
-                (Some(p), Some(r)) => ix.groups(p, r, input.order.map(|o| &o.symbols[..])),
+                (Some(p), Some(r)) => ix.groups(p, r, input.order),
                 _ => vec![&ix.all],
             },
             None => vec![&self.bundle.set],
@@ -984,7 +984,11 @@ mod tests {
                  unless { context.order.symbols.contains("SAFE") }
                  when { context.environment == "staging" && context.order.symbols.contains("AAPL") };
                @id("f-brackets") @reason("brackets") forbid (principal, action == Action::"PlaceOrder", resource)
-                 when { context["order"]["symbols"].contains("ZZZ") };"#,
+                 when { context["order"]["symbols"].contains("ZZZ") };
+               @id("f-short-or-am") @reason("short_or_am") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.instructions.containsAny(["SELL_SHORT"]) || context.order.sessions.contains("AM") };
+               @id("f-zz-pm-or-mfa") @reason("pm_or_mfa") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.sessions.contains("PM") || context.mfa };"#,
         );
         // The symbol-keyed policies are filed by symbol, the scoped ones by
         // caller or account, the rest are general.
@@ -995,44 +999,14 @@ mod tests {
                 EntityId::new(id),
             )
         };
-        let names = |groups: Vec<&PolicySet>| {
-            let mut v: Vec<String> = groups.iter().flat_map(|g| ids(g)).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(
-            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), Some(&[]))),
-            ["f-unless-safe", "f-xyz-late", "f-z-unless-first", "p-all"]
-        );
-        assert_eq!(
-            names(place.groups(
-                &uid("Caller", "eve"),
-                &uid("Account", "H1"),
-                Some(&["GME".into(), "ZZZ".into(), "GME".into()])
-            )),
-            [
-                "f-brackets",
-                "f-eve",
-                "f-gme",
-                "f-h1",
-                "f-unless-safe",
-                "f-xyz-late",
-                "f-z-unless-first",
-                "p-all"
-            ]
-        );
-        // Without an order every symbol-keyed policy is evaluated.
-        assert_eq!(
-            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
-            8
-        );
-
-        let order = |symbols: &[&str], price: Option<&str>, qty: u32| {
-            let legs: Vec<String> = symbols
+        // Legs as "SYMBOL" (a buy) or "SYMBOL:INSTRUCTION".
+        let order = |legs: &[&str], session: &str, price: Option<&str>, qty: u32| {
+            let legs: Vec<String> = legs
                 .iter()
-                .map(|s| {
+                .map(|leg| {
+                    let (s, instruction) = leg.split_once(':').unwrap_or((leg, "BUY"));
                     format!(
-                        r#"{{"instruction":"BUY","quantity":{qty},"instrument":{{"symbol":"{s}","assetType":"EQUITY"}}}}"#
+                        r#"{{"instruction":"{instruction}","quantity":{qty},"instrument":{{"symbol":"{s}","assetType":"EQUITY"}}}}"#
                     )
                 })
                 .collect();
@@ -1041,14 +1015,47 @@ mod tests {
                 None => ("MARKET", String::new()),
             };
             let body = format!(
-                r#"{{"orderType":"{kind}","session":"NORMAL","duration":"DAY","orderStrategyType":"SINGLE"{price},"orderLegCollection":[{}]}}"#,
+                r#"{{"orderType":"{kind}","session":"{session}","duration":"DAY","orderStrategyType":"SINGLE"{price},"orderLegCollection":[{}]}}"#,
                 legs.join(",")
             );
             order::parse_order(Some(b"application/json"), body.as_bytes()).expect("order")
         };
+        let names = |groups: Vec<&PolicySet>| {
+            let mut v: Vec<String> = groups.iter().flat_map(|g| ids(g)).collect();
+            v.sort();
+            v
+        };
+        let general = [
+            "f-unless-safe",
+            "f-xyz-late",
+            "f-z-unless-first",
+            "f-zz-pm-or-mfa",
+            "p-all",
+        ];
+        let aapl = order(&["AAPL"], "NORMAL", None, 1);
+        assert_eq!(
+            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), Some(&aapl))),
+            general
+        );
+        let gme = order(&["GME", "ZZZ:SELL_SHORT", "GME"], "NORMAL", None, 1);
+        let mut expected = vec!["f-brackets", "f-eve", "f-gme", "f-h1", "f-short-or-am"];
+        expected.extend(general);
+        expected.sort();
+        assert_eq!(
+            names(place.groups(&uid("Caller", "eve"), &uid("Account", "H1"), Some(&gme))),
+            expected
+        );
+        // Without an order every order-keyed policy is evaluated.
+        assert_eq!(
+            names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
+            10
+        );
+
         let mut orders = vec![None];
-        for symbols in [
+        for legs in [
             &["AAPL"][..],
+            &["AAPL:SELL_SHORT"],
+            &["GME", "MSFT:SELL_SHORT"],
             &["GME"],
             &["AMC"],
             &["AMC", "BB"],
@@ -1059,9 +1066,11 @@ mod tests {
             &["MSFT"],
             &["GME", "AMC"],
         ] {
-            for price in [None, Some("0.50"), Some("2.00")] {
-                for qty in [1, 10] {
-                    orders.push(Some(order(symbols, price, qty)));
+            for session in ["NORMAL", "AM", "PM"] {
+                for price in [None, Some("0.50"), Some("2.00")] {
+                    for qty in [1, 10] {
+                        orders.push(Some(order(legs, session, price, qty)));
+                    }
                 }
             }
         }
@@ -1111,6 +1120,8 @@ mod tests {
             "unsafe",
             "brackets",
             "aapl_staging",
+            "short_or_am",
+            "pm_or_mfa",
             REASON_POLICY_ERROR,
             REASON_NOT_PERMITTED,
         ] {
