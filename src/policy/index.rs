@@ -45,6 +45,10 @@ pub struct ActionIndex {
     by_resource: HashMap<EntityUid, PolicySet>,
     /// By (order field, value).
     by_order_value: HashMap<(OrderSet, String), PolicySet>,
+    /// Policies keyed by tests that are checked one by one (comparisons of
+    /// the order's numbers, presence of its optional fields), each policy
+    /// in its own set.
+    tested: Vec<(Vec<Test>, PolicySet)>,
     /// Every order-keyed policy, for a request without an order.
     order_keyed: PolicySet,
 }
@@ -55,8 +59,153 @@ pub enum Key {
     None,
     Principal(EntityUid),
     Resource(EntityUid),
-    /// Any of these (order field, value) pairs.
-    OrderValues(Vec<(OrderSet, String)>),
+    /// Any of these tests of the order holds.
+    Order(Vec<Test>),
+}
+
+/// One test of the order that Cedar could not get wrong or error on, given
+/// an order: checked natively on the parsed order, exactly as the context
+/// builder (`context.rs`) presents it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Test {
+    /// `context.order.F.contains(v)` for one of the string sets.
+    Value(OrderSet, String),
+    /// `context.order.F <op> n` for one of the order's numbers.
+    Long(OrderLong, Cmp, i64),
+    /// `context.order has F` (or its negation) for an optional field.
+    Has(OrderOptional, bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    fn parse(op: &str) -> Option<Cmp> {
+        Some(match op {
+            "<" => Cmp::Lt,
+            "<=" => Cmp::Le,
+            ">" => Cmp::Gt,
+            ">=" => Cmp::Ge,
+            "==" => Cmp::Eq,
+            "!=" => Cmp::Ne,
+            _ => return None,
+        })
+    }
+
+    /// `n <op> a` written as `a <flipped> n`.
+    fn flip(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            Cmp::Eq => Cmp::Eq,
+            Cmp::Ne => Cmp::Ne,
+        }
+    }
+
+    fn holds(self, a: i64, b: i64) -> bool {
+        match self {
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+        }
+    }
+}
+
+/// The order's numbers (always present in the record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderLong {
+    MaxQuantity,
+    MaxOrderQuantity,
+    TotalQuantity,
+    LegCount,
+    OrderCount,
+}
+
+impl OrderLong {
+    fn named(name: &str) -> Option<OrderLong> {
+        Some(match name {
+            "max_quantity" => OrderLong::MaxQuantity,
+            "max_order_quantity" => OrderLong::MaxOrderQuantity,
+            "total_quantity" => OrderLong::TotalQuantity,
+            "leg_count" => OrderLong::LegCount,
+            "order_count" => OrderLong::OrderCount,
+            _ => return None,
+        })
+    }
+
+    /// The value as the context builder writes it.
+    fn of(self, o: &OrderSummary) -> i64 {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            OrderLong::MaxQuantity => o.max_quantity,
+            OrderLong::MaxOrderQuantity => o.max_order_quantity,
+            OrderLong::TotalQuantity => o.total_quantity,
+            OrderLong::LegCount => count(o.legs.len()),
+            OrderLong::OrderCount => count(o.order_count),
+        }
+    }
+}
+
+/// The order's optional fields (present only when the order has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderOptional {
+    OrderType,
+    Duration,
+    Session,
+    ComplexStrategy,
+    Price,
+    StopPrice,
+    Notional,
+}
+
+impl OrderOptional {
+    fn named(name: &str) -> Option<OrderOptional> {
+        Some(match name {
+            "order_type" => OrderOptional::OrderType,
+            "duration" => OrderOptional::Duration,
+            "session" => OrderOptional::Session,
+            "complex_strategy" => OrderOptional::ComplexStrategy,
+            "price" => OrderOptional::Price,
+            "stop_price" => OrderOptional::StopPrice,
+            "notional" => OrderOptional::Notional,
+            _ => return None,
+        })
+    }
+
+    /// Whether the context builder writes the field for `o`.
+    fn present(self, o: &OrderSummary) -> bool {
+        match self {
+            OrderOptional::OrderType => o.order_type.is_some(),
+            OrderOptional::Duration => o.duration.is_some(),
+            OrderOptional::Session => o.session.is_some(),
+            OrderOptional::ComplexStrategy => o.complex_strategy.is_some(),
+            OrderOptional::Price => o.price.is_some(),
+            OrderOptional::StopPrice => o.stop_price.is_some(),
+            OrderOptional::Notional => o.notional.is_some(),
+        }
+    }
+}
+
+impl Test {
+    fn holds(&self, o: &OrderSummary) -> bool {
+        match self {
+            Test::Value(field, v) => field.of(o).contains(v),
+            Test::Long(field, op, n) => op.holds(field.of(o), *n),
+            Test::Has(field, present) => field.present(o) == *present,
+        }
+    }
 }
 
 /// The order's sets of strings a key can test: always present in the
@@ -116,14 +265,14 @@ pub fn key_of(p: &Policy, json: &serde_json::Value) -> Key {
     if let ResourceConstraint::Eq(uid) = p.resource_constraint() {
         return Key::Resource(uid);
     }
-    order_key(json).map_or(Key::None, Key::OrderValues)
+    order_key(json).map_or(Key::None, Key::Order)
 }
 
 /// The (order field, value) pairs of a policy whose first condition is
 /// `when` and whose leftmost conjunct is a test of one of the order's string
 /// sets — `context.order.F.contains("v")` or `….containsAny(["v", …])`, every
 /// element a string literal — or an `||` of such tests.
-fn order_key(policy: &serde_json::Value) -> Option<Vec<(OrderSet, String)>> {
+fn order_key(policy: &serde_json::Value) -> Option<Vec<Test>> {
     let first = policy.get("conditions")?.as_array()?.first()?;
     if first.get("kind")?.as_str()? != "when" {
         return None;
@@ -137,12 +286,16 @@ fn order_key(policy: &serde_json::Value) -> Option<Vec<(OrderSet, String)>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Adds the pairs of `e` (a test or an `||` of tests); `None` if any part
+/// Adds the tests of `e` (a test or an `||` of tests); `None` if any part
 /// is not such a test.
-fn collect_tests(e: &serde_json::Value, out: &mut Vec<(OrderSet, String)>) -> Option<()> {
+fn collect_tests(e: &serde_json::Value, out: &mut Vec<Test>) -> Option<()> {
     if let Some(or) = e.get("||") {
         collect_tests(or.get("left")?, out)?;
         return collect_tests(or.get("right")?, out);
+    }
+    if let Some(test) = long_test(e).or_else(|| has_test(e)) {
+        out.push(test);
+        return Some(());
     }
     let single = |e: &serde_json::Value| e.get("Value")?.as_str().map(str::to_owned);
     let (call, values) = if let Some(c) = e.get("contains") {
@@ -160,8 +313,53 @@ fn collect_tests(e: &serde_json::Value, out: &mut Vec<(OrderSet, String)>) -> Op
         // general for clarity.
         return None;
     }
-    out.extend(values.into_iter().map(|v| (field, v)));
+    out.extend(values.into_iter().map(|v| Test::Value(field, v)));
     Some(())
+}
+
+/// `context.order.F <op> n` or `n <op> context.order.F` (F a number of the
+/// order, n an integer literal).
+fn long_test(e: &serde_json::Value) -> Option<Test> {
+    let (op, args) = e.as_object()?.iter().next()?;
+    let cmp = Cmp::parse(op)?;
+    let (left, right) = (args.get("left")?, args.get("right")?);
+    let literal = |e: &serde_json::Value| e.get("Value")?.as_i64();
+    let field = |e: &serde_json::Value| OrderLong::named(&order_attr(e)?);
+    if let (Some(f), Some(n)) = (field(left), literal(right)) {
+        return Some(Test::Long(f, cmp, n));
+    }
+    let (n, f) = (literal(left)?, field(right)?);
+    Some(Test::Long(f, cmp.flip(), n))
+}
+
+/// `context.order has F` or `!(context.order has F)` (F optional).
+fn has_test(e: &serde_json::Value) -> Option<Test> {
+    let (has, present) = match e.get("!") {
+        Some(not) => (not.get("arg")?.get("has")?, false),
+        None => (e.get("has")?, true),
+    };
+    if !is_context_order(has.get("left")?) {
+        return None;
+    }
+    let field = OrderOptional::named(has.get("attr")?.as_str()?)?;
+    Some(Test::Has(field, present))
+}
+
+/// `context.order`.
+fn is_context_order(e: &serde_json::Value) -> bool {
+    e.get(".").is_some_and(|d| {
+        d.get("attr").and_then(|a| a.as_str()) == Some("order")
+            && d.get("left")
+                .and_then(|l| l.get("Var"))
+                .and_then(|v| v.as_str())
+                == Some("context")
+    })
+}
+
+/// F in `context.order.F`.
+fn order_attr(e: &serde_json::Value) -> Option<String> {
+    let dot = e.get(".")?;
+    is_context_order(dot.get("left")?).then(|| dot.get("attr")?.as_str().map(str::to_owned))?
 }
 
 /// `context.order.F` for one of the order's string sets, written with dots
@@ -196,6 +394,7 @@ impl ActionIndex {
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
             by_order_value: HashMap::new(),
+            tested: Vec::new(),
             order_keyed: PolicySet::new(),
         };
         let mut ok = true;
@@ -205,11 +404,28 @@ impl ActionIndex {
                 Key::None => add(&mut ix.general, p),
                 Key::Principal(uid) => add(ix.by_principal.entry(uid).or_default(), p),
                 Key::Resource(uid) => add(ix.by_resource.entry(uid).or_default(), p),
-                Key::OrderValues(pairs) => {
+                Key::Order(tests) => {
                     let mut ok = add(&mut ix.order_keyed, p);
-                    let distinct: HashSet<(OrderSet, String)> = pairs.into_iter().collect();
-                    for pair in distinct {
-                        ok &= add(ix.by_order_value.entry(pair).or_default(), p);
+                    let values: Option<HashSet<(OrderSet, String)>> = tests
+                        .iter()
+                        .map(|t| match t {
+                            Test::Value(f, v) => Some((*f, v.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    match values {
+                        // Only set membership: looked up by value.
+                        Some(distinct) => {
+                            for pair in distinct {
+                                ok &= add(ix.by_order_value.entry(pair).or_default(), p);
+                            }
+                        }
+                        // Otherwise checked test by test.
+                        None => {
+                            let mut own = PolicySet::new();
+                            ok &= add(&mut own, p);
+                            ix.tested.push((tests, own));
+                        }
                     }
                     ok
                 }
@@ -234,10 +450,19 @@ impl ActionIndex {
         out.extend(self.by_resource.get(resource));
         match order {
             None => out.push(&self.order_keyed),
-            Some(_) if self.by_order_value.is_empty() => {}
             Some(o) => {
+                for (tests, set) in &self.tested {
+                    if tests.iter().any(|t| t.holds(o)) {
+                        out.push(set);
+                    }
+                }
                 let mut key = (OrderSet::Symbols, String::new());
-                for field in OrderSet::ALL {
+                let fields = if self.by_order_value.is_empty() {
+                    &[][..]
+                } else {
+                    &OrderSet::ALL[..]
+                };
+                for &field in fields {
                     let values = field.of(o);
                     for (i, v) in values.iter().enumerate() {
                         if values[..i].contains(v) {

@@ -988,7 +988,13 @@ mod tests {
                @id("f-short-or-am") @reason("short_or_am") forbid (principal, action == Action::"PlaceOrder", resource)
                  when { context.order.instructions.containsAny(["SELL_SHORT"]) || context.order.sessions.contains("AM") };
                @id("f-zz-pm-or-mfa") @reason("pm_or_mfa") forbid (principal, action == Action::"PlaceOrder", resource)
-                 when { context.order.sessions.contains("PM") || context.mfa };"#,
+                 when { context.order.sessions.contains("PM") || context.mfa };
+               @id("f-qty-cmp") @reason("qty_cmp") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.max_quantity > 5 && context.order.symbols.contains("MSFT") };
+               @id("f-lit-left") @reason("lit_left") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { 20 <= context.order.total_quantity || context.order has stop_price };
+               @id("f-not-priced") @reason("not_priced") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { !(context.order has price) && context.order.symbols.contains("AMC") };"#,
         );
         // The symbol-keyed policies are filed by symbol, the scoped ones by
         // caller or account, the rest are general.
@@ -1033,12 +1039,28 @@ mod tests {
             "p-all",
         ];
         let aapl = order(&["AAPL"], "NORMAL", None, 1);
+        let mut expected = vec!["f-not-priced"];
+        expected.extend(general);
+        expected.sort();
         assert_eq!(
             names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), Some(&aapl))),
-            general
+            expected
         );
-        let gme = order(&["GME", "ZZZ:SELL_SHORT", "GME"], "NORMAL", None, 1);
-        let mut expected = vec!["f-brackets", "f-eve", "f-gme", "f-h1", "f-short-or-am"];
+        let gme = order(
+            &["GME", "ZZZ:SELL_SHORT", "GME"],
+            "NORMAL",
+            Some("1.00"),
+            10,
+        );
+        let mut expected = vec![
+            "f-brackets",
+            "f-eve",
+            "f-gme",
+            "f-h1",
+            "f-lit-left",
+            "f-qty-cmp",
+            "f-short-or-am",
+        ];
         expected.extend(general);
         expected.sort();
         assert_eq!(
@@ -1048,7 +1070,7 @@ mod tests {
         // Without an order every order-keyed policy is evaluated.
         assert_eq!(
             names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
-            10
+            13
         );
 
         let mut orders = vec![None];
@@ -1122,6 +1144,8 @@ mod tests {
             "aapl_staging",
             "short_or_am",
             "pm_or_mfa",
+            "qty_cmp",
+            "not_priced",
             REASON_POLICY_ERROR,
             REASON_NOT_PERMITTED,
         ] {
