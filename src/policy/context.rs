@@ -281,6 +281,10 @@ fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context,
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
+/// The `context.order` record. The policy index (`index.rs`) checks some
+/// tests natively on the same `OrderSummary` — `OrderSet::of`,
+/// `OrderLong::of`, `OrderOptional::present` — and must see exactly what
+/// this writes: change them together.
 fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedExpression, String> {
     let count = |n: usize| long(i64::try_from(n).unwrap_or(i64::MAX));
     let legs = || -> Result<RestrictedExpression, String> {

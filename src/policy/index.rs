@@ -65,7 +65,8 @@ pub enum Key {
 
 /// One test of the order that Cedar could not get wrong or error on, given
 /// an order: checked natively on the parsed order, exactly as the context
-/// builder (`context.rs`) presents it.
+/// builder (`context.rs`, `order_record`) presents it — change them
+/// together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Test {
     /// `context.order.F.contains(v)` for one of the string sets.
