@@ -211,12 +211,12 @@ pub struct Active {
     /// The whole set, indexed, for an action without a slice (`None` if it
     /// could not be indexed: the whole set is evaluated).
     whole: Option<index::ActionIndex>,
-    /// The fields of `context.order` the policies can observe (the others
-    /// are not built).
+    /// The fields of the context and of `context.order` the policies can
+    /// observe (the others are not built).
     context_fields: context::ContextFields,
     /// Decisions of requests without an order body, for the current second.
-    /// `None` when a policy mentions `session_id` (the one input a cache
-    /// key leaves out).
+    /// `None` when a policy reads `context.session_id` (the one input a
+    /// cache key leaves out) or uses the context whole.
     cache: Option<std::sync::Mutex<DecisionCache>>,
 }
 
