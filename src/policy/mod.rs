@@ -994,7 +994,13 @@ mod tests {
                @id("f-lit-left") @reason("lit_left") forbid (principal, action == Action::"PlaceOrder", resource)
                  when { 20 <= context.order.total_quantity || context.order has stop_price };
                @id("f-not-priced") @reason("not_priced") forbid (principal, action == Action::"PlaceOrder", resource)
-                 when { !(context.order has price) && context.order.symbols.contains("AMC") };"#,
+                 when { !(context.order has price) && context.order.symbols.contains("AMC") };
+               @id("f-a-legs") @reason("two_legs") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order.leg_count == 2 && context.order.symbols.contains("BB") };
+               @id("f-orders-ne") @reason("orders_ne") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { 1 != context.order.order_count || context.order.max_quantity < -5 };
+               @id("f-notional") @reason("notional") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.order has notional && context.order.notional.greaterThan(decimal("15.00")) };"#,
         );
         // The symbol-keyed policies are filed by symbol, the scoped ones by
         // caller or account, the rest are general.
@@ -1058,6 +1064,7 @@ mod tests {
             "f-gme",
             "f-h1",
             "f-lit-left",
+            "f-notional",
             "f-qty-cmp",
             "f-short-or-am",
         ];
@@ -1070,7 +1077,7 @@ mod tests {
         // Without an order every order-keyed policy is evaluated.
         assert_eq!(
             names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
-            13
+            16
         );
 
         let mut orders = vec![None];
@@ -1146,6 +1153,8 @@ mod tests {
             "pm_or_mfa",
             "qty_cmp",
             "not_priced",
+            "two_legs",
+            "notional",
             REASON_POLICY_ERROR,
             REASON_NOT_PERMITTED,
         ] {
