@@ -1318,6 +1318,17 @@ mod tests {
     }
 
     /// Replaces the first occurrence, asserting there is one.
+    /// MARKET_BUY with a second leg buying `qty` TSLA.
+    fn with_tsla_leg(qty: u32) -> String {
+        edit(
+            MARKET_BUY,
+            r#""quantity":10}"#,
+            &format!(
+                r#""quantity":10}},{{"instruction":"BUY","instrument":{{"assetType":"EQUITY","symbol":"TSLA"}},"quantity":{qty}}}"#
+            ),
+        )
+    }
+
     fn edit(body: &str, from: &str, to: &str) -> String {
         assert!(body.contains(from), "{from} not in {body}");
         body.replacen(from, to, 1)
@@ -1513,11 +1524,7 @@ mod tests {
 
     #[test]
     fn quantity_hidden_in_second_leg() {
-        let body = edit(
-            MARKET_BUY,
-            r#""quantity":10}"#,
-            r#""quantity":10},{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"TSLA"},"quantity":101}"#,
-        );
+        let body = with_tsla_leg(101);
         let s = ok(&body);
         assert_eq!((s.max_quantity, s.total_quantity), (101, 111));
         assert_eq!(s.symbols, strs(&["AAPL", "TSLA"]));
@@ -2379,11 +2386,7 @@ mod tests {
         // 4.10 × 100,000 spreads × 100.
         assert_eq!(s.notional, Some(d("41000000")));
         // Without a node quantity: the sum of that order's legs.
-        let body = edit(
-            MARKET_BUY,
-            r#""quantity":10}"#,
-            r#""quantity":10},{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"TSLA"},"quantity":7}"#,
-        );
+        let body = with_tsla_leg(7);
         let s = ok(&body);
         assert_eq!((s.max_order_quantity, s.max_quantity), (17, 10));
         // A node quantity below its largest leg does not hide it.

@@ -9,6 +9,7 @@ use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpre
 use time::OffsetDateTime;
 
 use super::clock;
+use super::index::OrderLong;
 use crate::pipeline::order::OrderSummary;
 
 /// What a request acts on.
@@ -100,7 +101,7 @@ fn is_context(e: &serde_json::Value) -> bool {
 }
 
 /// Whether `e` is `context.order`.
-fn is_context_order(e: &serde_json::Value) -> bool {
+pub(super) fn is_context_order(e: &serde_json::Value) -> bool {
     e.get(".").is_some_and(|d| {
         d.get("attr").and_then(|a| a.as_str()) == Some("order")
             && d.get("left")
@@ -108,6 +109,15 @@ fn is_context_order(e: &serde_json::Value) -> bool {
                 .and_then(|v| v.as_str())
                 == Some("context")
     })
+}
+
+/// F in `context.order.F` (dots or brackets: the same EST).
+pub(super) fn order_attr(e: &serde_json::Value) -> Option<&str> {
+    let dot = e.get(".")?;
+    if !is_context_order(dot.get("left")?) {
+        return None;
+    }
+    dot.get("attr")?.as_str()
 }
 
 /// Walks an EST expression; `accessed` is true when `e` is the left side of
@@ -286,7 +296,6 @@ fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context,
 /// `OrderLong::of`, `OrderOptional::present` — and must see exactly what
 /// this writes: change them together.
 fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedExpression, String> {
-    let count = |n: usize| long(i64::try_from(n).unwrap_or(i64::MAX));
     let legs = || -> Result<RestrictedExpression, String> {
         let mut legs = Vec::with_capacity(o.legs.len());
         for l in &o.legs {
@@ -313,12 +322,15 @@ fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedEx
     field!("order_types", string_set(&o.order_types));
     field!("sessions", string_set(&o.sessions));
     field!("durations", string_set(&o.durations));
-    field!("max_order_quantity", long(o.max_order_quantity));
+    // The numbers through the index's accessor, so its native comparisons
+    // see exactly these values.
+    let number = |f: OrderLong| long(f.of(o));
+    field!("max_order_quantity", number(OrderLong::MaxOrderQuantity));
     field!("legs", legs()?);
-    field!("leg_count", count(o.legs.len()));
-    field!("order_count", count(o.order_count));
-    field!("max_quantity", long(o.max_quantity));
-    field!("total_quantity", long(o.total_quantity));
+    field!("leg_count", number(OrderLong::LegCount));
+    field!("order_count", number(OrderLong::OrderCount));
+    field!("max_quantity", number(OrderLong::MaxQuantity));
+    field!("total_quantity", number(OrderLong::TotalQuantity));
     field!("symbols", string_set(&o.symbols));
     field!("instructions", string_set(&o.instructions));
     field!("asset_types", string_set(&o.asset_types));

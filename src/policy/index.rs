@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
 
+use super::context::{is_context_order, order_attr};
 use crate::pipeline::order::OrderSummary;
 
 /// One action's policies, grouped by what must hold for each to apply.
@@ -146,8 +147,9 @@ impl OrderLong {
         })
     }
 
-    /// The value as the context builder writes it.
-    fn of(self, o: &OrderSummary) -> i64 {
+    /// The value in `context.order` (the context builder writes it with
+    /// this too).
+    pub fn of(self, o: &OrderSummary) -> i64 {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         match self {
             OrderLong::MaxQuantity => o.max_quantity,
@@ -325,7 +327,7 @@ fn long_test(e: &serde_json::Value) -> Option<Test> {
     let cmp = Cmp::parse(op)?;
     let (left, right) = (args.get("left")?, args.get("right")?);
     let literal = |e: &serde_json::Value| e.get("Value")?.as_i64();
-    let field = |e: &serde_json::Value| OrderLong::named(&order_attr(e)?);
+    let field = |e: &serde_json::Value| OrderLong::named(order_attr(e)?);
     if let (Some(f), Some(n)) = (field(left), literal(right)) {
         return Some(Test::Long(f, cmp, n));
     }
@@ -346,38 +348,10 @@ fn has_test(e: &serde_json::Value) -> Option<Test> {
     Some(Test::Has(field, present))
 }
 
-/// `context.order`.
-fn is_context_order(e: &serde_json::Value) -> bool {
-    e.get(".").is_some_and(|d| {
-        d.get("attr").and_then(|a| a.as_str()) == Some("order")
-            && d.get("left")
-                .and_then(|l| l.get("Var"))
-                .and_then(|v| v.as_str())
-                == Some("context")
-    })
-}
-
-/// F in `context.order.F`.
-fn order_attr(e: &serde_json::Value) -> Option<String> {
-    let dot = e.get(".")?;
-    is_context_order(dot.get("left")?).then(|| dot.get("attr")?.as_str().map(str::to_owned))?
-}
-
 /// `context.order.F` for one of the order's string sets, written with dots
 /// or brackets (the same EST).
 fn order_set(e: &serde_json::Value) -> Option<OrderSet> {
-    let attr = |e: &serde_json::Value| -> Option<(String, serde_json::Value)> {
-        let dot = e.get(".")?;
-        Some((
-            dot.get("attr")?.as_str()?.to_owned(),
-            dot.get("left")?.clone(),
-        ))
-    };
-    let (field, order) = attr(e)?;
-    let (name, ctx) = attr(&order)?;
-    if name != "order" || ctx.get("Var").and_then(|v| v.as_str()) != Some("context") {
-        return None;
-    }
+    let field = order_attr(e)?;
     OrderSet::ALL.into_iter().find(|s| s.name() == field)
 }
 
