@@ -458,11 +458,7 @@ impl Active {
     /// trimmed order record are tested against).
     #[cfg(test)]
     fn evaluate_unindexed(&self, input: &DecisionInput<'_>) -> Decision {
-        let request = self
-            .types
-            .parts(input, &context::ContextFields::All)
-            .and_then(|(p, a, r, c)| Request::new(p, a, r, c, None).map_err(|e| e.to_string()));
-        match request {
+        match self.request_with(input, &context::ContextFields::All) {
             Ok(request) => self.combine(&request, &[self.policies_for(input.action)]),
             Err(_) => Decision::deny(REASON_POLICY_ERROR, Vec::new()),
         }
@@ -527,8 +523,15 @@ impl Active {
 
     /// The Cedar request for `input` (public for the benches).
     pub fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
-        let (principal, action, resource, context) =
-            self.types.parts(input, &self.context_fields)?;
+        self.request_with(input, &self.context_fields)
+    }
+
+    fn request_with(
+        &self,
+        input: &DecisionInput<'_>,
+        fields: &context::ContextFields,
+    ) -> Result<Request, String> {
+        let (principal, action, resource, context) = self.types.parts(input, fields)?;
         // No per-request schema check: the context is built by this module
         // in the schema's shape, and a mismatch could only make a policy
         // error out or not match — a deny either way (see `decide`).
