@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
 
     for callers in [4usize, 1000] {
         let p = proxy(callers, dir.path());
+        let auth = || p.upstream_auth.current().expect("static token");
         let quote = parts(
             "GET",
             "/marketdata/v1/quotes?symbols=AAPL,MSFT,%24SPX&fields=quote",
@@ -68,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 let mut ctx = RequestCtx::new(peer);
                 p.admit(&mut ctx, black_box(&quote)).expect("admitted");
                 black_box(
-                    p.build_upstream_request(&ctx, &quote, Bytes::new())
+                    p.build_upstream_request(&ctx, &quote, Bytes::new(), auth())
                         .expect("request"),
                 )
             })
@@ -79,7 +80,7 @@ fn bench(c: &mut Criterion) {
                 let mut ctx = RequestCtx::new(peer);
                 p.admit(&mut ctx, black_box(&place)).expect("admitted");
                 black_box(
-                    p.build_upstream_request(&ctx, &place, order.clone())
+                    p.build_upstream_request(&ctx, &place, order.clone(), auth())
                         .expect("request"),
                 )
             })

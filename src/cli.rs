@@ -25,6 +25,9 @@ Examples:
   portcullis check-config config/example.yaml  # exit 0 if valid, 64 if not
   portcullis check-config --load config/example.yaml   # also read secrets and certificates
   portcullis key generate                      # a new caller key and its hash
+  portcullis token new-key                     # a key for the encrypted token store
+  portcullis token init --config portcullis.yaml   # log in to Schwab once, store the tokens
+  portcullis token status --config portcullis.yaml # when the tokens expire
   portcullis policy validate policies/         # exit 0 if every policy validates, 1 if not
   portcullis policy test                       # run policies/tests/*.yaml
   portcullis sim --listen 127.0.0.1:8444       # the Schwab simulator alone
@@ -69,6 +72,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The Schwab OAuth tokens the proxy keeps (encrypted store).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Check Cedar policies against the schema.
     Policy {
         #[command(subcommand)]
@@ -99,6 +107,41 @@ pub enum PolicyCommand {
         #[arg(long, short)]
         verbose: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Log in to Schwab once (OAuth authorization code) and store the tokens,
+    /// encrypted, in schwab.token_store. Prints the address to open; then
+    /// paste the address the browser was sent to, or use --listen. Exit 0
+    /// stored, 1 login not completed, 64 configuration, 69 Schwab refused or
+    /// unreachable.
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Catch the browser's redirect on schwab.callback_url's address with
+        /// a one-shot HTTPS listener (self-signed; the browser warns once)
+        /// instead of reading the pasted address from stdin.
+        #[arg(long)]
+        listen: bool,
+    },
+    /// Print when the access and refresh tokens expire (never the tokens).
+    /// Exit 0 while the refresh token is valid, 1 when a login is needed,
+    /// 65 when the store cannot be read (wrong key, edited file).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Re-encrypt the store under a new key (key rotation), given as a
+    /// secret reference: --new-key env:NAME or --new-key file:PATH.
+    Rekey {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        new_key: String,
+    },
+    /// Print a new random store key (base64, 32 bytes) for schwab.token_store.key.
+    NewKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,6 +211,7 @@ pub fn main() -> ExitCode {
         Command::Key {
             command: KeyCommand::Generate,
         } => key_generate(),
+        Command::Token { command } => token_command(command),
         Command::CheckConfig { file, load } => match crate::check_config(&file, load) {
             Ok(cfg) => {
                 println!(
@@ -229,6 +273,40 @@ pub fn main() -> ExitCode {
         Command::Sim(args) => {
             let _log = telemetry::init(crate::config::LogFormat::Human, "info");
             runtime(run_sim(args))
+        }
+    }
+}
+
+fn token_command(command: TokenCommand) -> ExitCode {
+    use crate::credentials::commands::{self as tc, CallbackSource};
+    let mut out = std::io::stdout();
+    let result = match command {
+        TokenCommand::Init { config, listen } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(&StartError::Internal(format!("tokio runtime: {e}"))),
+            };
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let source = if listen {
+                CallbackSource::Listen
+            } else {
+                CallbackSource::Paste(&mut input)
+            };
+            rt.block_on(tc::init(&config, source, &mut out))
+        }
+        TokenCommand::Status { config } => tc::status(&config, &mut out),
+        TokenCommand::Rekey { config, new_key } => tc::rekey(&config, &new_key, &mut out),
+        TokenCommand::NewKey => tc::new_key(&mut out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(tc::Failure(code, message)) => {
+            eprintln!("portcullis: {message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
 
@@ -182,15 +181,27 @@ pub async fn start_with(
         streamer_url: format!("wss://{sim_addr}/ws"),
         ..sim_options
     });
-    // Until the OAuth token manager exists, the demo hands the proxy a
-    // long-lived simulator token through a secret file.
-    let token = sim.issue_access_token(Duration::from_secs(30 * 86400));
-    let token_path = opts.dir.join("schwab-access-token");
-    write_private(&token_path, token.as_bytes())
-        .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
-
+    // The simulator app's credentials and a fresh store key, as files the
+    // configuration references.
+    let so = sim.options();
+    let store_key = crate::credentials::store::StoreKey::generate()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    for (name, value) in [
+        ("schwab-app-key", so.app_key.as_str()),
+        ("schwab-app-secret", so.app_secret.as_str()),
+        (
+            "token-store.key",
+            secrecy::ExposeSecret::expose_secret(&store_key),
+        ),
+    ] {
+        let path = opts.dir.join(name);
+        write_private(&path, value.as_bytes())
+            .map_err(|e| StartError::Load(format!("{}: {e}", path.display())))?;
+    }
     write_policies(&opts.dir.join("policies"))?;
     let mut cfg = demo_config(opts, sim_addr)?;
+    // The login talks to the simulator whatever a test does to the upstream.
+    let login_cfg = cfg.clone();
     customize(&mut cfg);
     let sim_opts = ServeOptions {
         kind: "sim",
@@ -204,6 +215,11 @@ pub async fn start_with(
         sim_opts,
         shutdown.clone(),
     ));
+
+    login(&login_cfg, &sim).await?;
+    // The journal shows what reached the "broker" through the proxy; the
+    // demo's own login is not part of that.
+    sim.clear_journal();
 
     let listeners = Listeners::bind(&cfg).await?;
     let proxy = listeners
@@ -233,6 +249,29 @@ pub async fn start_with(
         },
         task,
     ))
+}
+
+/// The demo's stand-in for `portcullis token init`: the simulator grants a
+/// code as if a human had approved the app in a browser, and the code is
+/// exchanged at the simulator's token endpoint over HTTPS, as in production.
+async fn login(cfg: &Config, sim: &Sim) -> Result<(), StartError> {
+    let callback = cfg
+        .schwab
+        .callback_url
+        .clone()
+        .ok_or_else(|| StartError::Internal("demo config has no callback_url".into()))?;
+    let oauth = crate::credentials::oauth_from_config(cfg).map_err(StartError::Load)?;
+    let store = crate::credentials::store_from_config(cfg).map_err(StartError::Load)?;
+    let code = secrecy::SecretString::from(sim.grant_code(&callback));
+    let resp = oauth
+        .exchange_code(&code, &callback)
+        .await
+        .map_err(|e| StartError::Internal(format!("demo login at the simulator: {e}")))?;
+    let tokens = crate::credentials::manager::from_login(resp)
+        .map_err(|e| StartError::Internal(format!("demo login: {e}")))?;
+    store
+        .save(&tokens)
+        .map_err(|e| StartError::Load(e.to_string()))
 }
 
 /// The banner printed by `portcullis demo`.

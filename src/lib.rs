@@ -7,6 +7,7 @@ pub mod admin;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod keys;
 pub mod pipeline;
@@ -120,10 +121,6 @@ fn load_routes(config: &Config) -> Result<RouteTable, StartError> {
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     let routes = load_routes(config)?;
 
-    let token = config::secret::resolve(&config.upstream.access_token)
-        .map_err(|e| StartError::Load(format!("upstream.access_token: {e}")))?;
-    let upstream_authorization = config::secret::bearer_header(&token)
-        .map_err(|e| StartError::Load(format!("upstream.access_token: {e}")))?;
     for (key, r) in [
         ("schwab.app_key", &config.schwab.app_key),
         ("schwab.app_secret", &config.schwab.app_secret),
@@ -151,6 +148,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         admin::metrics::Metrics::new()
             .map_err(|e| StartError::Internal(format!("metrics: {e}")))?,
     );
+    let upstream_auth = credentials::upstream_auth_from_config(config, Some(metrics.clone()))
+        .map_err(StartError::Load)?;
     let engine = load_policies(policy::source_from_config(config), config, &routes)?;
     metrics.set_policy_hash(&engine.current().bundle.hash);
     let shadow = match policy::shadow_source_from_config(config) {
@@ -161,7 +160,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         routes,
         identities: Identities::from_config(&config.callers),
         upstream,
-        upstream_authorization,
+        upstream_auth,
         limits: config.limits.clone(),
         metrics,
         policy: Arc::new(engine),
@@ -231,6 +230,9 @@ pub async fn serve_prepared(
         proxy: proxy.clone(),
     });
     spawn_policy_reloaders(&config, &proxy, &shutdown);
+    if let credentials::UpstreamAuth::Managed(m) = &proxy.upstream_auth {
+        tokio::spawn(m.clone().run(shutdown.clone()));
+    }
 
     let mut tasks = Vec::new();
     for (listener, tls) in listeners.proxy.into_iter().zip(prepared.tls) {

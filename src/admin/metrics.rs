@@ -21,6 +21,8 @@ pub struct Metrics {
     pub shadow_disagreements: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_info: IntGaugeVec,
+    pub upstream_token_expiry: IntGaugeVec,
+    pub upstream_token_refreshes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -103,6 +105,20 @@ impl Metrics {
             ),
             &["hash"],
         )?;
+        let upstream_token_expiry = IntGaugeVec::new(
+            Opts::new(
+                "upstream_token_expires_in_seconds",
+                "Seconds until the broker OAuth token expires (token = access / refresh); negative once expired",
+            ),
+            &["token"],
+        )?;
+        let upstream_token_refreshes = IntCounterVec::new(
+            Opts::new(
+                "upstream_token_refreshes_total",
+                "Access-token refresh attempts at the broker, by outcome (ok / rejected / unavailable / skipped)",
+            ),
+            &["outcome"],
+        )?;
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -117,6 +133,8 @@ impl Metrics {
             Box::new(shadow_disagreements.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(policy_info.clone()),
+            Box::new(upstream_token_expiry.clone()),
+            Box::new(upstream_token_refreshes.clone()),
             Box::new(build),
         ] {
             registry.register(c)?;
@@ -134,6 +152,8 @@ impl Metrics {
             shadow_disagreements,
             policy_reloads,
             policy_info,
+            upstream_token_expiry,
+            upstream_token_refreshes,
         })
     }
 

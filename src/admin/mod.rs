@@ -48,10 +48,12 @@ impl Admin {
             }
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
             "/readyz" => {
-                let ready = self.ready.load(Ordering::Acquire);
+                let credentials = self.proxy.upstream_auth.ready();
+                let ready = self.ready.load(Ordering::Acquire) && credentials;
                 let active = self.proxy.policy.current();
                 let mut body = serde_json::json!({
                     "ready": ready,
+                    "upstream_credentials": credentials,
                     "policy_hash": active.bundle.hash,
                     "policies": active.bundle.policy_count(),
                 });

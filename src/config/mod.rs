@@ -162,8 +162,11 @@ pub struct UpstreamConfig {
     /// the simulator's CA in the demo and the tests.
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
-    /// The Schwab OAuth access token injected into every forwarded request.
-    pub access_token: SecretRef,
+    /// A fixed Schwab access token injected into every forwarded request,
+    /// never refreshed (benchmarks, tests, or something else refreshes it).
+    /// Production uses `schwab.token_store` instead; exactly one is set.
+    #[serde(default)]
+    pub access_token: Option<SecretRef>,
     #[serde(default = "d5s")]
     pub connect_timeout: Dur,
     #[serde(default = "d15s")]
@@ -202,13 +205,48 @@ fn default_pool_max_idle() -> usize {
 
 /// The Schwab app credentials (used by the OAuth token manager). Optional
 /// here; when present they are loaded and checked at startup.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchwabConfig {
     #[serde(default)]
     pub app_key: Option<SecretRef>,
     #[serde(default)]
     pub app_secret: Option<SecretRef>,
+    /// The app's registered callback URL (`token init` sends the browser
+    /// there; must match the registration exactly).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// The encrypted store of the OAuth tokens the proxy keeps and refreshes.
+    #[serde(default)]
+    pub token_store: Option<TokenStoreConfig>,
+    /// Refresh the access token this long before it expires.
+    #[serde(default = "d5m")]
+    pub refresh_ahead: Dur,
+    /// Origin of the OAuth endpoints; default `upstream.base_url`.
+    #[serde(default)]
+    pub oauth_base_url: Option<String>,
+}
+
+impl Default for SchwabConfig {
+    fn default() -> Self {
+        SchwabConfig {
+            app_key: None,
+            app_secret: None,
+            callback_url: None,
+            token_store: None,
+            refresh_ahead: d5m(),
+            oauth_base_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenStoreConfig {
+    /// The encrypted file (created by `portcullis token init`).
+    pub file: PathBuf,
+    /// 32 random bytes, base64 (`portcullis token new-key`).
+    pub key: SecretRef,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +446,9 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+fn d5m() -> Dur {
+    Dur(Duration::from_secs(300))
+}
 fn d5s() -> Dur {
     Dur(Duration::from_secs(5))
 }
@@ -567,6 +608,44 @@ impl Config {
             issue(
                 "upstream.http2_connections".into(),
                 "must be between 1 and 16".into(),
+            );
+        }
+        match (&u.access_token, &self.schwab.token_store) {
+            (Some(_), Some(_)) => issue(
+                "upstream.access_token".into(),
+                "set either upstream.access_token (a fixed token) or schwab.token_store \
+                 (tokens kept and refreshed by the proxy), not both"
+                    .into(),
+            ),
+            (None, None) => issue(
+                "schwab.token_store".into(),
+                "the proxy needs a Schwab credential: schwab.token_store (see \
+                 docs/credentials.md) or upstream.access_token"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if self.schwab.token_store.is_some() {
+            for (key, r) in [
+                ("schwab.app_key", &self.schwab.app_key),
+                ("schwab.app_secret", &self.schwab.app_secret),
+            ] {
+                if r.is_none() {
+                    issue(key.into(), "required with schwab.token_store".into());
+                }
+            }
+        }
+        if let Some(url) = &self.schwab.oauth_base_url
+            && let Err(m) = parse_upstream_origin(url)
+        {
+            issue("schwab.oauth_base_url".into(), m);
+        }
+        if let Some(url) = &self.schwab.callback_url
+            && !url.starts_with("https://")
+        {
+            issue(
+                "schwab.callback_url".into(),
+                "must be an https:// URL (as registered with the Schwab app)".into(),
             );
         }
         if u.total_timeout < u.response_header_timeout {

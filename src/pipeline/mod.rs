@@ -100,8 +100,8 @@ pub struct Proxy {
     pub routes: RouteTable,
     pub identities: Identities,
     pub upstream: Upstream,
-    /// `Bearer <Schwab access token>`, marked sensitive.
-    pub upstream_authorization: HeaderValue,
+    /// Where `Authorization: Bearer <Schwab access token>` comes from.
+    pub upstream_auth: crate::credentials::UpstreamAuth,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<Engine>,
@@ -165,7 +165,8 @@ impl Proxy {
         let body = self.read_body(ctx, &parts.headers, body).await?;
         self.parse_order(ctx, &parts.headers, &body)?;
         self.decide(ctx)?;
-        let upstream_req = self.build_upstream_request(ctx, &parts, body)?;
+        let authorization = self.upstream_auth.header().await?;
+        let upstream_req = self.build_upstream_request(ctx, &parts, body, authorization)?;
         let (mut resp, latency) = self.upstream.send(upstream_req).await?;
         ctx.upstream_status = Some(resp.status());
         ctx.upstream_latency = Some(latency);
@@ -370,6 +371,7 @@ impl Proxy {
         ctx: &RequestCtx,
         parts: &http::request::Parts,
         body: Bytes,
+        authorization: HeaderValue,
     ) -> Result<Request<Full<Bytes>>, Reject> {
         let pq = parts
             .uri
@@ -378,11 +380,7 @@ impl Proxy {
             .ok_or(Reject::Internal)?;
         let uri = self.upstream.uri_for(pq)?;
         let rid = HeaderValue::from_str(&ctx.request_id).map_err(|_| Reject::Internal)?;
-        let headers = headers::upstream_request_headers(
-            &parts.headers,
-            self.upstream_authorization.clone(),
-            rid,
-        );
+        let headers = headers::upstream_request_headers(&parts.headers, authorization, rid);
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;

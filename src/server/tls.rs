@@ -99,6 +99,27 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerCon
     server_config(load_certs(cert)?, load_key(key)?)
 }
 
+/// An HTTP/1.1-only server config from in-memory PEM (the one-shot
+/// `token init --listen` callback listener).
+pub fn http1_server_config_from_pem(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("bad certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| TlsError("no usable private key".into()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("certificate and key do not pair: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Client config for the upstream: Mozilla's roots plus optional extra CAs;
 /// certificate and hostname verification are always on (there is no switch).
 pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {

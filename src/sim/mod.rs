@@ -9,7 +9,7 @@
 
 mod market;
 mod orders;
-mod query;
+pub mod query;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -211,6 +211,26 @@ impl Sim {
             },
         );
         t
+    }
+
+    /// An authorization code for `redirect_uri`, as the authorize page
+    /// grants after a login (valid 60 s, once). The demo logs in with it.
+    pub fn grant_code(&self, redirect_uri: &str) -> String {
+        let code = random_token("C0.");
+        self.state().codes.insert(
+            code.clone(),
+            (
+                redirect_uri.to_owned(),
+                SystemTime::now() + Duration::from_secs(60),
+            ),
+        );
+        code
+    }
+
+    /// Makes every refresh token the simulator issued invalid (as Schwab
+    /// does after 7 days or on revocation).
+    pub fn expire_refresh_tokens(&self) {
+        self.state().tokens.retain(|_, t| !t.refresh);
     }
 
     pub fn journal(&self) -> Vec<JournalEntry> {
@@ -561,14 +581,7 @@ impl Sim {
                         "redirect_uri must be https",
                     );
                 };
-                let code = random_token("C0.");
-                self.state().codes.insert(
-                    code.clone(),
-                    (
-                        redirect.to_owned(),
-                        SystemTime::now() + Duration::from_secs(60),
-                    ),
-                );
+                let code = self.grant_code(redirect);
                 let mut loc = format!("{redirect}?code={}%40&session={}", code, uuid_like());
                 if let Some(s) = q.get("state") {
                     loc.push_str("&state=");
