@@ -241,3 +241,147 @@ fn policy_files_that_would_crash_the_parser_or_are_empty_are_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("contains no policy"), "{err}");
 }
+
+/// A configuration using an encrypted token store under `d`, and the store
+/// written with `tokens` (refresh expiry `refresh_in_ms` from now).
+fn token_store_setup(d: &tempfile::TempDir, refresh_in_ms: i64) -> (String, String) {
+    use portcullis::credentials::store::{StoreKey, TokenStore};
+    use secrecy::{ExposeSecret, SecretString};
+    let key = StoreKey::generate().unwrap();
+    let key_file = write(d, "store.key", key.expose_secret());
+    write(d, "app-key", "app-key-for-tests");
+    write(d, "app-secret", "APP-SECRET-DO-NOT-PRINT");
+    let store_file = d.path().join("tokens.json").display().to_string();
+    let cfg = write(
+        d,
+        "c.yaml",
+        &format!(
+            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  base_url: https://127.0.0.1:9\n\
+             schwab:\n  app_key: file:{0}/app-key\n  app_secret: file:{0}/app-secret\n  \
+             callback_url: https://127.0.0.1:8182\n  token_store:\n    file: {store_file}\n    key: file:{key_file}\n",
+            d.path().display()
+        ),
+    );
+    let now = portcullis::credentials::now_ms();
+    let tokens = portcullis::credentials::Tokens {
+        access_token: SecretString::from("ACCESS-TOKEN-DO-NOT-PRINT".to_owned()),
+        refresh_token: SecretString::from("REFRESH-TOKEN-DO-NOT-PRINT".to_owned()),
+        id_token: None,
+        scope: "api".into(),
+        access_expires_at: now + 1_800_000,
+        refresh_issued_at: now - 3_600_000,
+        refresh_expires_at: now + refresh_in_ms,
+    };
+    let store = TokenStore::new(
+        store_file.clone().into(),
+        StoreKey::from_secret(&key).unwrap(),
+    );
+    store.save(&tokens).unwrap();
+    (cfg, store_file)
+}
+
+fn assert_no_secrets(text: &str) {
+    for s in [
+        "ACCESS-TOKEN-DO-NOT-PRINT",
+        "REFRESH-TOKEN-DO-NOT-PRINT",
+        "APP-SECRET-DO-NOT-PRINT",
+    ] {
+        assert!(!text.contains(s), "secret printed: {text}");
+    }
+}
+
+#[test]
+fn token_status_prints_expiries_never_tokens() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, _) = token_store_setup(&d, 5 * 86_400_000);
+    let (code, out, err) = portcullis(&["token", "status", "--config", &cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("access token:  expires"), "{out}");
+    assert!(out.contains("(in 4d 23h)"), "{out}");
+    assert_no_secrets(&(out + &err));
+
+    // An expired refresh token: exit 1 and the way out.
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, _) = token_store_setup(&d, -1000);
+    let (code, out, err) = portcullis(&["token", "status", "--config", &cfg]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("token init"), "{err}");
+    assert!(out.contains("expired"), "{out}");
+}
+
+#[test]
+fn token_rekey_rotates_the_store_key_and_the_old_key_stops_working() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, store_file) = token_store_setup(&d, 5 * 86_400_000);
+    let before = std::fs::read_to_string(&store_file).unwrap();
+    let (code, new_key, _) = portcullis(&["token", "new-key"]);
+    assert_eq!(code, 0);
+    let new_key_file = write(&d, "new.key", new_key.trim());
+    let (code, out, err) = portcullis(&[
+        "token",
+        "rekey",
+        "--config",
+        &cfg,
+        "--new-key",
+        &format!("file:{new_key_file}"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("re-encrypted"), "{out}");
+    assert_ne!(std::fs::read_to_string(&store_file).unwrap(), before);
+    assert_no_secrets(&(out + &err));
+
+    // The old configuration (old key) can no longer open it: exit 65, naming
+    // both key ids rather than resetting anything.
+    let (code, _, err) = portcullis(&["token", "status", "--config", &cfg]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("wrong key"), "{err}");
+    // Pointing the configuration at the new key works.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("store.key", "new.key");
+    let cfg2 = write(&d, "c2.yaml", &text);
+    let (code, out, err) = portcullis(&["token", "status", "--config", &cfg2]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Tampered: exit 65 with the file named.
+    let mut raw = std::fs::read(&store_file).unwrap();
+    let n = raw.len();
+    raw[n - 20] ^= 0x01;
+    std::fs::write(&store_file, raw).unwrap();
+    let (code, _, err) = portcullis(&["token", "status", "--config", &cfg2]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("tokens.json"), "{err}");
+}
+
+#[test]
+fn a_credential_is_required_and_only_one_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let none = write(
+        &d,
+        "none.yaml",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  base_url: https://127.0.0.1:9\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &none]);
+    assert_eq!(code, 64);
+    assert!(err.contains("schwab.token_store"), "{err}");
+    let both = write(
+        &d,
+        "both.yaml",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\nschwab:\n  app_key: env:K\n  \
+         app_secret: env:S\n  token_store: { file: /tmp/t.json, key: env:STORE_KEY }\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &both]);
+    assert_eq!(code, 64);
+    assert!(err.contains("not both"), "{err}");
+    let no_app = write(
+        &d,
+        "noapp.yaml",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream: {}\nschwab:\n  token_store: { file: /tmp/t.json, key: env:STORE_KEY }\n",
+    );
+    let (code, _, err) = portcullis(&["check-config", &no_app]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("schwab.app_key") && err.contains("schwab.app_secret"),
+        "{err}"
+    );
+}

@@ -55,9 +55,17 @@ pub async fn init(
     source: CallbackSource<'_>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let cfg = load_config(config_path)?;
-    let store = store_from_config(&cfg).map_err(config_failure)?;
-    let oauth = oauth_from_config(&cfg).map_err(config_failure)?;
+    init_with(&load_config(config_path)?, source, out).await
+}
+
+/// [`init`] with a configuration already loaded.
+pub async fn init_with(
+    cfg: &Config,
+    source: CallbackSource<'_>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let store = store_from_config(cfg).map_err(config_failure)?;
+    let oauth = oauth_from_config(cfg).map_err(config_failure)?;
     let callback = cfg
         .schwab
         .callback_url

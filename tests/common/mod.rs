@@ -34,6 +34,8 @@ pub struct Harness {
     pub sim_addr: SocketAddr,
     pub sim: Arc<Sim>,
     pub ca_pem: String,
+    /// The proxy's configuration as the demo built it.
+    pub config: Config,
     pub dir: tempfile::TempDir,
     trigger: Option<ShutdownTrigger>,
     pub task: Option<tokio::task::JoinHandle<Result<(), portcullis::StartError>>>,
@@ -81,6 +83,7 @@ impl Harness {
             sim_addr: h.sim_addr,
             sim: h.sim,
             ca_pem,
+            config: h.config,
             dir,
             trigger: Some(trigger),
             task: Some(task),

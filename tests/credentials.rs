@@ -1,0 +1,174 @@
+//! The proxy's own Schwab session: single-flight refresh at expiry,
+//! background refresh ahead of expiry, an expired refresh token (503, not
+//! ready, recovered by `token init`), and a tampered store.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Harness, VIEWER};
+use portcullis::credentials::commands::{self, CallbackSource};
+use portcullis::sim::SimOptions;
+
+const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
+
+/// Refresh calls the simulator received.
+fn refreshes(h: &Harness) -> usize {
+    h.journal()
+        .iter()
+        .filter(|e| e.path == "/v1/oauth/token" && e.body.contains("grant_type=refresh_token"))
+        .count()
+}
+
+fn api_calls(h: &Harness) -> usize {
+    h.journal()
+        .iter()
+        .filter(|e| e.path.starts_with("/marketdata/") || e.path.starts_with("/trader/"))
+        .count()
+}
+
+fn short_tokens(ttl: Duration) -> SimOptions {
+    SimOptions {
+        access_token_ttl: ttl,
+        ..SimOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
+    // No background refresh ahead of time: the requests meet the expiry.
+    let h = Harness::start_with(short_tokens(Duration::from_secs(4)), |c| {
+        c.schwab.refresh_ahead = "0s".parse().unwrap();
+    })
+    .await;
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    assert_eq!(refreshes(&h), 0);
+    // Past the token's use-by time (a tenth of its life before expiry).
+    tokio::time::sleep(Duration::from_millis(3700)).await;
+    let h = Arc::new(h);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let h = h.clone();
+        tasks.spawn(async move { h.send("GET", QUOTES, Some(VIEWER), None).await.status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = tasks.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "failed requests at the refresh boundary: {statuses:?}"
+    );
+    assert_eq!(
+        refreshes(&h),
+        1,
+        "one refresh call for the whole burst (single-flight)"
+    );
+    assert_eq!(api_calls(&h), 101);
+}
+
+#[tokio::test]
+async fn the_access_token_is_refreshed_ahead_of_expiry_in_the_background() {
+    // refresh_ahead (5 min) exceeds this token's life: it is refreshed
+    // half-way through instead.
+    let h = Harness::start_with(short_tokens(Duration::from_secs(3)), |_| {}).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(refreshes(&h), 1, "no background refresh half-way");
+    assert_eq!(api_calls(&h), 0);
+    // The new token is in use: the old one has expired by now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    let m = h.admin_get("/metrics").await.text();
+    assert!(
+        m.contains("portcullis_upstream_token_refreshes_total{outcome=\"ok\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_upstream_token_expires_in_seconds{token=\"refresh\"} 6"),
+        "refresh token gauge (~7 days): {m}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_503_and_not_ready_until_token_init() {
+    let h = Harness::start_with(short_tokens(Duration::from_secs(2)), |c| {
+        c.schwab.refresh_ahead = "0s".parse().unwrap();
+    })
+    .await;
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    // Schwab revokes the refresh token (or its 7 days are up).
+    h.sim.expire_refresh_tokens();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let r = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_credentials_unavailable");
+    assert_eq!(api_calls(&h), 0, "forwarded without a valid token");
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["upstream_credentials"], false);
+    // Further requests fail fast: the refused token is not tried again.
+    let before = h.journal().len();
+    for _ in 0..5 {
+        assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 503);
+    }
+    assert_eq!(
+        h.journal().len(),
+        before,
+        "the refused refresh token was retried"
+    );
+
+    // A human logs in again (`portcullis token init`, pasting the callback).
+    let callback = h.config.schwab.callback_url.clone().unwrap();
+    let code = h.sim.grant_code(&callback);
+    let pasted = format!("{callback}/?code={code}%40&session=abc\n");
+    let mut out = Vec::new();
+    commands::init_with(
+        &h.config,
+        CallbackSource::Paste(&mut pasted.as_bytes()),
+        &mut out,
+    )
+    .await
+    .map_err(|f| f.1)
+    .expect("token init");
+    let printed = String::from_utf8(out).unwrap();
+    assert!(printed.contains("/v1/oauth/authorize?response_type=code&client_id="));
+    assert!(!printed.contains(&code), "the code was printed");
+
+    // The running proxy adopts the new store on the next request.
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["upstream_credentials"], true);
+}
+
+#[tokio::test]
+async fn a_tampered_store_is_a_clear_error_and_never_a_reset() {
+    let h = Harness::start().await;
+    let path = h.config.schwab.token_store.as_ref().unwrap().file.clone();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut env: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let ct = env["ciphertext"].as_str().unwrap().to_owned();
+    // Change one base64 character of the ciphertext.
+    let mut chars: Vec<char> = ct.chars().collect();
+    chars[10] = if chars[10] == 'A' { 'B' } else { 'A' };
+    env["ciphertext"] = chars.into_iter().collect::<String>().into();
+    std::fs::write(&path, env.to_string()).unwrap();
+
+    // The running proxy keeps serving with the tokens it holds.
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    // A (re)start refuses, naming the file and the problem.
+    let err = match portcullis::prepare(&h.config) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a tampered store was accepted"),
+    };
+    assert!(err.contains("failed authentication"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    // The file was not replaced by an empty or new store.
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        env.to_string(),
+        "the store was rewritten"
+    );
+}
