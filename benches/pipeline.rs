@@ -17,7 +17,7 @@ fn proxy(callers: usize, dir: &std::path::Path) -> std::sync::Arc<portcullis::pi
     let token = dir.join("token");
     std::fs::write(&token, "bench-upstream-token").expect("token file");
     let mut yaml = format!(
-        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  access_token: file:{}\ncallers:\n",
+        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{}\ncallers:\n",
         token.display()
     );
     for i in 0..callers {

@@ -59,7 +59,7 @@ fn config(dir: &Path) -> Config {
     let token = dir.join("token");
     std::fs::write(&token, "bench-upstream-token").expect("token file");
     let mut yaml = format!(
-        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  access_token: file:{}\naccounts:\n",
+        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{}\naccounts:\n",
         token.display()
     );
     yaml.push_str(&format!(

@@ -63,7 +63,7 @@ fn check_config_load_reports_missing_secret_by_reference_only() {
     let cfg = write(
         &d,
         "c.yaml",
-        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:PORTCULLIS_TEST_UNSET_TOKEN\n",
+        "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: env:PORTCULLIS_TEST_UNSET_TOKEN\n",
     );
     let (code, _, err) = portcullis(&["check-config", &cfg]);
     assert_eq!(code, 0, "static check does not read secrets: {err}");
@@ -76,7 +76,7 @@ fn check_config_load_reports_missing_secret_by_reference_only() {
         &d,
         "c2.yaml",
         &format!(
-            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: file:{secret}\n  extra_ca_file: {secret}\n"
+            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{secret}\n  extra_ca_file: {secret}\n"
         ),
     );
     let (code, _, err) = portcullis(&["check-config", "--load", &bad_ca]);
@@ -132,7 +132,7 @@ fn check_config_validates_a_custom_route_table() {
         &d,
         "c.yaml",
         &format!(
-            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\nroutes:\n  file: {routes}\n"
+            "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: env:X\nroutes:\n  file: {routes}\n"
         ),
     );
     let (code, _, err) = portcullis(&["check-config", &cfg]);

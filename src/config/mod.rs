@@ -186,7 +186,14 @@ pub struct UpstreamConfig {
     /// work over the worker threads.
     #[serde(default = "default_http2_connections")]
     pub http2_connections: usize,
+    /// Lets a development or staging configuration use the live Schwab API
+    /// (`api.schwabapi.com`). Off: such a configuration refuses to start.
+    #[serde(default)]
+    pub allow_live_broker: bool,
 }
+
+/// The live Schwab API host; non-production configurations keep away from it.
+pub const LIVE_BROKER_HOST: &str = "api.schwabapi.com";
 
 fn default_http2_connections() -> usize {
     2
@@ -544,6 +551,60 @@ impl Config {
 
     /// Static validation: everything that can be checked without reading
     /// secrets or certificate files. Returns every issue, not just the first.
+    /// What `environment` demands: non-production keeps away from the live
+    /// broker unless told otherwise; production takes no shortcuts.
+    fn environment_rules(&self, issue: &mut impl FnMut(String, String)) {
+        let live = |url: &str| {
+            parse_upstream_origin(url)
+                .is_ok_and(|a| a.host().eq_ignore_ascii_case(LIVE_BROKER_HOST))
+        };
+        if self.environment != Environment::Production && !self.upstream.allow_live_broker {
+            let oauth = self.schwab.oauth_base_url.as_deref();
+            for (key, url) in [
+                ("upstream.base_url", Some(self.upstream.base_url.as_str())),
+                ("schwab.oauth_base_url", oauth),
+            ] {
+                if url.is_some_and(live) {
+                    issue(
+                        key.into(),
+                        format!(
+                            "environment `{}` must not use the live Schwab API ({LIVE_BROKER_HOST}); \
+                             point it at a simulator, or set upstream.allow_live_broker: true \
+                             deliberately",
+                            self.environment.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        if self.environment == Environment::Production {
+            for (i, l) in self.listen.iter().enumerate() {
+                if l.tls.is_none() {
+                    issue(
+                        format!("listen[{i}].tls"),
+                        "environment `production` requires TLS on every listener".into(),
+                    );
+                }
+            }
+            if self.upstream.access_token.is_some() {
+                issue(
+                    "upstream.access_token".into(),
+                    "environment `production` uses schwab.token_store (an encrypted, refreshed \
+                     session), not a fixed access token"
+                        .into(),
+                );
+            }
+            if self.upstream.extra_ca_file.is_some() {
+                issue(
+                    "upstream.extra_ca_file".into(),
+                    "environment `production` trusts the public roots only (extra_ca_file is \
+                     for the simulator)"
+                        .into(),
+                );
+            }
+        }
+    }
+
     pub fn validate(&self, mode: Mode) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
         let mut issue = |key: String, message: String| {
@@ -635,6 +696,7 @@ impl Config {
                 }
             }
         }
+        self.environment_rules(&mut issue);
         if let Some(url) = &self.schwab.oauth_base_url
             && let Err(m) = parse_upstream_origin(url)
         {
@@ -876,7 +938,7 @@ pub fn parse_upstream_origin(base_url: &str) -> Result<http::uri::Authority, Str
 mod tests {
     use super::*;
 
-    const MIN: &str = "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\n";
+    const MIN: &str = "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\n  allow_live_broker: true\n";
 
     #[test]
     fn minimal_config_is_valid() {
@@ -892,7 +954,7 @@ mod tests {
         let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("max_body_byte"), "{msg}");
-        assert!(msg.contains("line 6"), "{msg}");
+        assert!(msg.contains("line 7"), "{msg}");
     }
 
     #[test]
@@ -921,6 +983,49 @@ mod tests {
         assert!(Config::from_yaml(&text, "t", Mode::Demo).is_ok());
         let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
         assert!(e.to_string().contains("demo key"), "{e}");
+    }
+
+    #[test]
+    fn environments_hold_the_configuration_to_their_rules() {
+        let live = "listen:\n  - address: 127.0.0.1:8080\nupstream:\n  access_token: env:X\n";
+        for env in ["development", "staging"] {
+            let e = Config::from_yaml(&format!("{live}environment: {env}\n"), "t", Mode::Normal)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("upstream.base_url") && e.contains("live Schwab API"),
+                "{e}"
+            );
+            let ok = format!("{live}  allow_live_broker: true\nenvironment: {env}\n");
+            assert!(Config::from_yaml(&ok, "t", Mode::Normal).is_ok());
+        }
+        let sim = "upstream:\n  base_url: https://127.0.0.1:8444\n";
+        let oauth_live = format!(
+            "listen:\n  - address: 127.0.0.1:8080\n{sim}  access_token: env:X\nschwab:\n  oauth_base_url: https://api.schwabapi.com\n"
+        );
+        let e = Config::from_yaml(&oauth_live, "t", Mode::Normal)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schwab.oauth_base_url"), "{e}");
+
+        let prod = format!(
+            "listen:\n  - address: 127.0.0.1:8080\n{sim}  access_token: env:X\n  extra_ca_file: /ca.pem\nenvironment: production\n"
+        );
+        let e = Config::from_yaml(&prod, "t", Mode::Normal)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "listen[0].tls",
+            "upstream.access_token",
+            "upstream.extra_ca_file",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // Production may use the live API without ceremony.
+        let good = "listen:\n  - address: 0.0.0.0:8443\n    tls: { cert_file: /c.pem, key_file: /k.pem }\n\
+                    upstream: {}\nschwab:\n  app_key: env:K\n  app_secret: env:S\n  \
+                    token_store: { file: /t.json, key: env:SK }\nenvironment: production\n";
+        assert!(Config::from_yaml(good, "t", Mode::Normal).is_ok());
     }
 
     #[test]
