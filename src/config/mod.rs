@@ -338,6 +338,69 @@ fn default_h2_streams() -> u32 {
     100
 }
 
+/// One accepted API key hash, optionally expiring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHash {
+    pub hash: String,
+    /// Unix seconds from which the key is refused.
+    pub expires: Option<i64>,
+}
+
+impl KeyHash {
+    pub fn new(hash: impl Into<String>) -> KeyHash {
+        KeyHash {
+            hash: hash.into(),
+            expires: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct WithExpiry {
+            hash: String,
+            expires: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Plain(String),
+            WithExpiry(WithExpiry),
+        }
+        match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a key hash is `sha256:<64 hex>` or `{ hash: sha256:<64 hex>, expires: 2027-01-31T00:00:00Z }`",
+            )
+        })? {
+            Form::Plain(hash) => Ok(KeyHash::new(hash)),
+            Form::WithExpiry(w) => {
+                let expires = parse_expiry(&w.expires).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "expires: `{}` is not an RFC 3339 time (2027-01-31T00:00:00Z) or a date (2027-01-31)",
+                        w.expires
+                    ))
+                })?;
+                Ok(KeyHash {
+                    hash: w.hash,
+                    expires: Some(expires),
+                })
+            }
+        }
+    }
+}
+
+/// An RFC 3339 time, or a date meaning its midnight UTC; Unix seconds.
+fn parse_expiry(s: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let d = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+    Some(d.midnight().assume_utc().unix_timestamp())
+}
+
 /// Caller ids and account names: they appear in Cedar entity ids, logs and
 /// audit records, so keep them plain.
 fn valid_name(s: &str) -> bool {
@@ -373,8 +436,10 @@ pub struct CallerConfig {
     /// Stable caller id used in logs, metrics-free audit records and policies.
     pub id: String,
     pub role: Role,
-    /// `sha256:<64 hex>` hashes of the caller's API keys (`portcullis key generate`).
-    pub key_hashes: Vec<String>,
+    /// `sha256:<64 hex>` hashes of the caller's API keys (`portcullis key
+    /// generate`), each optionally `{hash: …, expires: …}` — two keys with an
+    /// expiry on the old one make a rotation window.
+    pub key_hashes: Vec<KeyHash>,
     /// Names (from `accounts[]`) of the accounts this caller may act on.
     #[serde(default)]
     pub accounts: Vec<String>,
@@ -808,7 +873,7 @@ impl Config {
             }
             for (j, h) in c.key_hashes.iter().enumerate() {
                 let key = format!("callers[{i}].key_hashes[{j}]");
-                match crate::keys::parse_hash(h) {
+                match crate::keys::parse_hash(&h.hash) {
                     None => issue(
                         key,
                         "must be `sha256:` followed by 64 hex digits (from `portcullis key generate`)"
@@ -1026,6 +1091,24 @@ mod tests {
                     upstream: {}\nschwab:\n  app_key: env:K\n  app_secret: env:S\n  \
                     token_store: { file: /t.json, key: env:SK }\nenvironment: production\n";
         assert!(Config::from_yaml(good, "t", Mode::Normal).is_ok());
+    }
+
+    #[test]
+    fn key_hashes_may_expire() {
+        let h = crate::keys::hash_key_hex("some-key");
+        let h2 = crate::keys::hash_key_hex("other-key");
+        let text = format!(
+            "{MIN}callers:\n  - id: t\n    role: Trader\n    key_hashes:\n      - \"sha256:{h}\"\n      - {{ hash: \"sha256:{h2}\", expires: 2027-01-31 }}\n"
+        );
+        let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
+        assert_eq!(c.callers[0].key_hashes[0].expires, None);
+        assert_eq!(c.callers[0].key_hashes[1].expires, Some(1_801_353_600));
+        let text = text.replace("2027-01-31", "2027-01-31T12:00:00+01:00");
+        let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
+        assert_eq!(c.callers[0].key_hashes[1].expires, Some(1_801_393_200));
+        let bad = text.replace("2027-01-31T12:00:00+01:00", "next tuesday");
+        let e = Config::from_yaml(&bad, "t", Mode::Normal).unwrap_err().to_string();
+        assert!(e.contains("key hash") || e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

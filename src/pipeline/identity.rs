@@ -16,10 +16,10 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// Key hashes of every configured caller.
+/// Key hashes of every configured caller, with their expiry (Unix seconds).
 #[derive(Debug, Default)]
 pub struct Identities {
-    entries: Vec<([u8; 32], Arc<Caller>)>,
+    entries: Vec<([u8; 32], Option<i64>, Arc<Caller>)>,
 }
 
 /// Longest bearer token we bother hashing; real ones are ~47 bytes.
@@ -35,8 +35,8 @@ impl Identities {
                 role: c.role,
             });
             for h in &c.key_hashes {
-                if let Some(hash) = keys::parse_hash(h) {
-                    entries.push((hash, caller.clone()));
+                if let Some(hash) = keys::parse_hash(&h.hash) {
+                    entries.push((hash, h.expires, caller.clone()));
                 }
             }
         }
@@ -53,13 +53,21 @@ impl Identities {
             .ok_or(Reject::Unauthenticated)?;
         let token = bearer_token(value.as_bytes()).ok_or(Reject::Unauthenticated)?;
         let presented = keys::hash_key(token);
-        let mut found: Option<&Arc<Caller>> = None;
-        for (hash, caller) in &self.entries {
-            if keys::ct_eq(hash, &presented) {
-                found = Some(caller);
+        let mut found: Option<&(_, Option<i64>, Arc<Caller>)> = None;
+        for entry in &self.entries {
+            if keys::ct_eq(&entry.0, &presented) {
+                found = Some(entry);
             }
         }
-        found.cloned().ok_or(Reject::Unauthenticated)
+        let (_, expires, caller) = found.ok_or(Reject::Unauthenticated)?;
+        if let Some(at) = expires
+            && time::OffsetDateTime::now_utc().unix_timestamp() >= *at
+        {
+            // Worth an operator's attention: a bot still uses a rotated-out key.
+            tracing::warn!(caller = &*caller.id, "a caller presented an expired key");
+            return Err(Reject::Unauthenticated);
+        }
+        Ok(caller.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -93,7 +101,17 @@ mod tests {
         Identities::from_config(&[CallerConfig {
             id: "bot".into(),
             role: Role::Trader,
-            key_hashes: vec![format!("sha256:{}", keys::hash_key_hex("k-1"))],
+            key_hashes: vec![
+                crate::config::KeyHash::new(format!("sha256:{}", keys::hash_key_hex("k-1"))),
+                crate::config::KeyHash {
+                    hash: format!("sha256:{}", keys::hash_key_hex("k-old")),
+                    expires: Some(time::OffsetDateTime::now_utc().unix_timestamp() - 1),
+                },
+                crate::config::KeyHash {
+                    hash: format!("sha256:{}", keys::hash_key_hex("k-next")),
+                    expires: Some(time::OffsetDateTime::now_utc().unix_timestamp() + 3600),
+                },
+            ],
             accounts: Vec::new(),
         }])
     }
@@ -109,7 +127,9 @@ mod tests {
         let i = ids();
         assert_eq!(&*i.identify(&hdr("Bearer k-1")).unwrap().id, "bot");
         assert_eq!(&*i.identify(&hdr("bearer k-1")).unwrap().id, "bot");
+        assert_eq!(&*i.identify(&hdr("Bearer k-next")).unwrap().id, "bot");
         for bad in [
+            "Bearer k-old",
             "Bearer k-2",
             "Bearer ",
             "Basic k-1",
