@@ -133,6 +133,8 @@ pub struct DemoHandle {
     pub admin: SocketAddr,
     pub sim: Arc<Sim>,
     pub config: Config,
+    /// The proxy's reloadable parts (tests rotate secrets through it).
+    pub live: Arc<crate::reload::Live>,
 }
 
 /// Builds the demo's configuration with the chosen directory and addresses.
@@ -233,6 +235,7 @@ pub async fn start_with(
         .map_err(|e| StartError::Bind(e.to_string()))?;
     // Fail now, not in the background task, if anything cannot be loaded.
     let prepared = crate::prepare(&cfg)?;
+    let live = prepared.live.clone();
     let task = tokio::spawn(crate::serve_prepared(
         cfg.clone(),
         prepared,
@@ -246,6 +249,7 @@ pub async fn start_with(
             admin,
             sim,
             config: cfg,
+            live,
         },
         task,
     ))

@@ -13,8 +13,10 @@ pub mod keys;
 pub mod pipeline;
 pub mod policy;
 pub mod reject;
+pub mod reload;
 pub mod server;
 pub mod sim;
+pub mod swap;
 pub mod telemetry;
 
 use std::fmt;
@@ -98,6 +100,8 @@ pub async fn bind_addr(addr: std::net::SocketAddr) -> Result<TcpListener, StartE
 pub struct Prepared {
     pub proxy: Arc<Proxy>,
     pub tls: Vec<Option<TlsAcceptor>>,
+    /// The reloadable parts (secrets, certificates, caller keys).
+    pub live: Arc<reload::Live>,
 }
 
 /// The route table the configuration names: `routes.file`, or the built-in profile.
@@ -131,15 +135,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     }
 
     let mut tls = Vec::new();
+    let mut certs = Vec::new();
     for (i, l) in config.listen.iter().enumerate() {
-        tls.push(match &l.tls {
-            None => None,
-            Some(files) => {
-                let cfg = server::tls::server_config_from_files(&files.cert_file, &files.key_file)
-                    .map_err(|e| StartError::Load(format!("listen[{i}].tls: {e}")))?;
-                Some(TlsAcceptor::from(cfg))
-            }
-        });
+        let Some(files) = &l.tls else {
+            tls.push(None);
+            certs.push(None);
+            continue;
+        };
+        let fail = |e: server::tls::TlsError| StartError::Load(format!("listen[{i}].tls: {e}"));
+        let cert = server::tls::ReloadableCert::from_files(&files.cert_file, &files.key_file)
+            .map_err(fail)?;
+        tls.push(Some(TlsAcceptor::from(cert.server_config().map_err(fail)?)));
+        certs.push(Some(cert));
     }
 
     let upstream =
@@ -158,7 +165,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     };
     let proxy = Arc::new(Proxy {
         routes,
-        identities: Identities::from_config(&config.callers),
+        identities: swap::Swap::new(Identities::from_config(&config.callers)),
         upstream,
         upstream_auth,
         limits: config.limits.clone(),
@@ -167,7 +174,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         shadow,
         environment: config.environment,
     });
-    Ok(Prepared { proxy, tls })
+    let live = Arc::new(reload::Live::new(proxy.clone(), certs, config.clone()));
+    Ok(Prepared { proxy, tls, live })
 }
 
 /// Loads and validates the policy set and the entities, and checks that
@@ -229,7 +237,7 @@ pub async fn serve_prepared(
         ready: AtomicBool::new(false),
         proxy: proxy.clone(),
     });
-    spawn_policy_reloaders(&config, &proxy, &shutdown);
+    spawn_reloaders(&config, &prepared.live, &shutdown);
     if let credentials::UpstreamAuth::Managed(m) = &proxy.upstream_auth {
         tokio::spawn(m.clone().run(shutdown.clone()));
     }
@@ -294,14 +302,46 @@ pub async fn serve_prepared(
 /// `policies.watch`) a change to the files, polled every 2 seconds. Both
 /// stop at shutdown. Reloads run on the blocking pool, so parsing a large
 /// set never stalls request handling.
-fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdown) {
+fn spawn_reloaders(config: &Config, live: &Arc<reload::Live>, shutdown: &Shutdown) {
+    let proxy = &live.proxy;
     let reload = |proxy: Arc<Proxy>, trigger: &'static str| async move {
         let _ = tokio::task::spawn_blocking(move || proxy.reload_policies(trigger)).await;
     };
+    if config.reload.watch {
+        let live = live.clone();
+        let mut stop = shutdown.clone();
+        let every = config.reload.interval.0;
+        tokio::spawn(async move {
+            // Like the policy watcher: a change is applied once the files
+            // have stayed the same for a whole poll (no half-written file).
+            let mut seen = live.fingerprint();
+            let mut settling = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = live.fingerprint();
+                if now == seen {
+                    settling = None;
+                    continue;
+                }
+                if settling.as_ref() != Some(&now) {
+                    settling = Some(now);
+                    continue;
+                }
+                settling = None;
+                let _ = live.reload("file_change").await;
+                seen = live.fingerprint();
+            }
+        });
+    }
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let proxy = proxy.clone();
+        let live = live.clone();
         let mut stop = shutdown.clone();
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
@@ -311,7 +351,8 @@ fn spawn_policy_reloaders(config: &Config, proxy: &Arc<Proxy>, shutdown: &Shutdo
                             _ = stop.wait() => return,
                             got = hup.recv() => {
                                 if got.is_none() { return; }
-                                reload(proxy.clone(), "sighup").await;
+                                reload(live.proxy.clone(), "sighup").await;
+                                let _ = live.reload("sighup").await;
                             }
                         }
                     }

@@ -172,3 +172,152 @@ async fn a_tampered_store_is_a_clear_error_and_never_a_reset() {
         "the store was rewritten"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_secret_and_caller_key_rotate_under_load_with_no_failed_request() {
+    // Short access tokens, so refreshes (which need the app secret) happen
+    // during the test; secret files are watched every 100 ms.
+    let h = Harness::start_with(short_tokens(Duration::from_secs(2)), |c| {
+        c.reload.interval = "100ms".parse().unwrap();
+    })
+    .await;
+    let h = Arc::new(h);
+    let new_key = "rotated-viewer-key-0123456789abcdef";
+    let use_new_key = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (h, use_new_key, stop) = (h.clone(), use_new_key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = if use_new_key.load(std::sync::atomic::Ordering::Relaxed) {
+                    new_key
+                } else {
+                    VIEWER
+                };
+                statuses.push(h.send("GET", QUOTES, Some(key), None).await.status);
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. The app secret is regenerated at Schwab and its secret file updated.
+    let secret_file = h.dir.path().join("demo").join("schwab-app-secret");
+    h.sim.set_app_secret("regenerated-app-secret-42");
+    std::fs::write(&secret_file, "regenerated-app-secret-42\n").unwrap();
+    // Long enough for the watcher and for the access token to need refreshing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let expected = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:regenerated-app-secret-42", h.sim.options().app_key)
+        )
+    );
+    let last_refresh = h
+        .journal()
+        .into_iter()
+        .rfind(|e| e.path == "/v1/oauth/token")
+        .expect("a refresh after the rotation");
+    assert_eq!(
+        last_refresh.header("authorization"),
+        vec![expected.as_str()],
+        "the refresh did not use the new app secret"
+    );
+
+    // 2. The viewer gets a second key, moves to it, and the old one is retired.
+    let mut cfg = h.config.clone();
+    let viewer = cfg
+        .callers
+        .iter_mut()
+        .find(|c| c.id == "demo-viewer")
+        .unwrap();
+    viewer
+        .key_hashes
+        .push(portcullis::config::KeyHash::new(format!(
+            "sha256:{}",
+            portcullis::keys::hash_key_hex(new_key)
+        )));
+    let applied = h.live.apply(cfg.clone()).await.expect("reload");
+    assert!(
+        applied.needs_restart.is_empty(),
+        "{:?}",
+        applied.needs_restart
+    );
+    use_new_key.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let viewer = cfg
+        .callers
+        .iter_mut()
+        .find(|c| c.id == "demo-viewer")
+        .unwrap();
+    viewer.key_hashes.remove(0);
+    h.live.apply(cfg).await.expect("reload");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.len() > 20,
+        "the load loop hardly ran: {}",
+        statuses.len()
+    );
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+    // The retired key no longer works; the new one does.
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 401);
+    assert_eq!(h.send("GET", QUOTES, Some(new_key), None).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_new_listener_certificate_is_served_without_a_restart() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.reload.interval = "100ms".parse().unwrap();
+    })
+    .await;
+    let other = portcullis::certs::DevCa::new("rotated CA").unwrap();
+    let leaf = other.leaf(portcullis::certs::PROXY_NAMES).unwrap();
+    // An open connection made with the old certificate keeps working.
+    let old_client = h.h2_client();
+    let r = old_client
+        .request(h.get_request(QUOTES, VIEWER))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let demo = h.dir.path().join("demo");
+    std::fs::write(demo.join("proxy-key.pem"), &leaf.key_pem).unwrap();
+    std::fs::write(demo.join("proxy-cert.pem"), &leaf.cert_pem).unwrap();
+    // A client trusting only the new CA gets through once the watcher saw it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+        let tls = common::tls_config(&other.ca_pem, true);
+        let ok = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .is_ok();
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = old_client
+        .request(h.get_request(QUOTES, VIEWER))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the open connection was dropped");
+}

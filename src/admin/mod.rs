@@ -88,7 +88,7 @@ impl Admin {
                 &rid,
             );
         }
-        let caller = match self.proxy.identities.identify(req.headers()) {
+        let caller = match self.proxy.identities.load().identify(req.headers()) {
             Ok(c) => c,
             Err(r) => return r.into_response(&rid),
         };

@@ -46,6 +46,35 @@ pub struct Config {
     pub environment: Environment,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Re-reading secrets and certificates when their files change.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// The file this configuration was read from (not a key): a reload
+    /// (SIGHUP) reads it again.
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
+}
+
+/// Watching the configuration, certificate and secret files (SIGHUP always
+/// reloads them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often the files are checked; a change applies once it has held
+    /// for one more check.
+    #[serde(default = "d2s")]
+    pub interval: Dur,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: d2s(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -518,6 +547,9 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+fn d2s() -> Dur {
+    Dur(Duration::from_secs(2))
+}
 fn d5m() -> Dur {
     Dur(Duration::from_secs(300))
 }
@@ -594,7 +626,9 @@ impl Config {
                 line: None,
             }],
         })?;
-        Config::from_yaml(&text, &name, mode)
+        let mut cfg = Config::from_yaml(&text, &name, mode)?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text.
@@ -762,6 +796,14 @@ impl Config {
             }
         }
         self.environment_rules(&mut issue);
+        if self.reload.interval.0 < Duration::from_millis(100)
+            || self.reload.interval.0 > Duration::from_secs(3600)
+        {
+            issue(
+                "reload.interval".into(),
+                "must be between 100ms and 1h".into(),
+            );
+        }
         if let Some(url) = &self.schwab.oauth_base_url
             && let Err(m) = parse_upstream_origin(url)
         {
@@ -1107,7 +1149,9 @@ mod tests {
         let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
         assert_eq!(c.callers[0].key_hashes[1].expires, Some(1_801_393_200));
         let bad = text.replace("2027-01-31T12:00:00+01:00", "next tuesday");
-        let e = Config::from_yaml(&bad, "t", Mode::Normal).unwrap_err().to_string();
+        let e = Config::from_yaml(&bad, "t", Mode::Normal)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key hash") || e.contains("RFC 3339"), "{e}");
     }
 

@@ -27,6 +27,7 @@ use super::{REFRESH_TOKEN_LIFETIME_MS, Tokens, bearer, now_ms};
 use crate::admin::metrics::Metrics;
 use crate::reject::Reject;
 use crate::server::Shutdown;
+use crate::swap::Swap;
 
 /// Warn this long before the refresh token dies (a human must log in).
 const REFRESH_WARNING_MS: i64 = 48 * 3600 * 1000;
@@ -52,10 +53,13 @@ struct State {
 }
 
 pub struct TokenManager {
-    store: TokenStore,
-    oauth: OAuthClient,
+    /// Both replaceable at run time (a new store key, a rotated app secret).
+    store: Swap<TokenStore>,
+    oauth: Swap<OAuthClient>,
     state: Mutex<State>,
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background task early (new credentials).
+    wake: tokio::sync::Notify,
     refresh_ahead: Duration,
     metrics: Option<Arc<Metrics>>,
 }
@@ -82,8 +86,8 @@ impl TokenManager {
         let stamp = stamp_of(store.path());
         let tokens = store.load()?;
         let m = TokenManager {
-            store,
-            oauth,
+            store: Swap::new(store),
+            oauth: Swap::new(oauth),
             state: Mutex::new(State {
                 tokens: None,
                 header: None,
@@ -95,6 +99,7 @@ impl TokenManager {
                 last_warning: None,
             }),
             refresh_lock: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
             refresh_ahead,
             metrics,
         };
@@ -107,8 +112,24 @@ impl TokenManager {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn store(&self) -> &TokenStore {
-        &self.store
+    pub fn store(&self) -> Arc<TokenStore> {
+        self.store.load()
+    }
+
+    /// Puts a re-read store key and app credentials in force. The store is
+    /// read again (under the new key) before the next refresh, and a
+    /// refresh refused under the old credentials is tried again.
+    pub async fn replace_credentials(&self, store: TokenStore, oauth: OAuthClient) {
+        let _flight = self.refresh_lock.lock().await;
+        self.store.store(store);
+        self.oauth.store(oauth);
+        let mut st = self.lock();
+        st.stamp = None;
+        st.refresh_rejected = false;
+        st.failures = 0;
+        st.retry_at = None;
+        drop(st);
+        self.wake.notify_one();
     }
 
     /// The header to inject: the current token if it is still good, else a
@@ -195,7 +216,7 @@ impl TokenManager {
             );
             return self.count("skipped", Refresh::Failed("refresh token expired".into()));
         }
-        match self.oauth.refresh(&refresh_token).await {
+        match self.oauth.load().refresh(&refresh_token).await {
             Ok(resp) => {
                 let tokens = merge(resp, refresh_token, issued, expires);
                 if let Err(e) = self.persist(&tokens) {
@@ -203,7 +224,7 @@ impl TokenManager {
                     // the write. Losing it only costs a refresh after a restart.
                     tracing::error!(error = %e, "could not write the token store");
                 }
-                let stamp = stamp_of(self.store.path());
+                let stamp = stamp_of(self.store.load().path());
                 self.install(tokens, stamp);
                 tracing::info!("Schwab access token refreshed");
                 self.count("ok", Refresh::Refreshed)
@@ -248,11 +269,12 @@ impl TokenManager {
     /// Writes the store unless someone else changed it since we read it (a
     /// concurrent `token init` wins; we adopt its file next time).
     fn persist(&self, tokens: &Tokens) -> Result<(), StoreError> {
+        let store = self.store.load();
         let known = self.lock().stamp;
-        if stamp_of(self.store.path()) != known {
+        if stamp_of(store.path()) != known {
             return Ok(());
         }
-        self.store.save(tokens)
+        store.save(tokens)
     }
 
     fn install(&self, tokens: Tokens, stamp: Stamp) {
@@ -273,20 +295,21 @@ impl TokenManager {
     /// Re-reads the store if the file changed since we last saw it. True if
     /// new tokens were adopted.
     fn adopt_store_if_changed(&self) -> bool {
-        let now = stamp_of(self.store.path());
+        let store = self.store.load();
+        let now = stamp_of(store.path());
         if now == self.lock().stamp {
             return false;
         }
-        match self.store.load() {
+        match store.load() {
             Ok(tokens) => {
                 tracing::info!("token store changed on disk; using its tokens");
                 self.install(tokens, now);
                 true
             }
             Err(e) => {
-                // Half-written by hand, or the key changed: keep what we have.
+                // Re-keyed, half-written by hand, or edited: keep what we
+                // have, and (the stamp unchanged) never write over it.
                 tracing::warn!(error = %e, "token store changed on disk but cannot be read; keeping the tokens in memory");
-                self.lock().stamp = now;
                 false
             }
         }
@@ -330,6 +353,7 @@ impl TokenManager {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
             }
             if self.due() {
                 let r = self.refresh_if(|m| m.due()).await;

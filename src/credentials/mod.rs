@@ -126,7 +126,8 @@ pub fn bearer(token: &SecretString) -> Option<HeaderValue> {
 pub enum UpstreamAuth {
     /// A fixed access token from a secret reference (`upstream.access_token`):
     /// benchmarks, tests and setups where something else refreshes it.
-    Static(HeaderValue),
+    /// Replaced when its secret file is re-read.
+    Static(crate::swap::Swap<HeaderValue>),
     /// The OAuth token manager (`schwab.token_store`).
     Managed(Arc<TokenManager>),
 }
@@ -136,7 +137,7 @@ impl UpstreamAuth {
     /// token has expired. No valid token: `upstream_credentials_unavailable`.
     pub async fn header(&self) -> Result<HeaderValue, Reject> {
         match self {
-            UpstreamAuth::Static(h) => Ok(h.clone()),
+            UpstreamAuth::Static(h) => Ok(HeaderValue::clone(&h.load())),
             UpstreamAuth::Managed(m) => m.authorization().await,
         }
     }
@@ -144,7 +145,7 @@ impl UpstreamAuth {
     /// The header if one is usable right now, without waiting.
     pub fn current(&self) -> Option<HeaderValue> {
         match self {
-            UpstreamAuth::Static(h) => Some(h.clone()),
+            UpstreamAuth::Static(h) => Some(HeaderValue::clone(&h.load())),
             UpstreamAuth::Managed(m) => m.current(),
         }
     }
@@ -207,7 +208,7 @@ pub fn upstream_auth_from_config(
         let header = bearer(&token).ok_or(
             "upstream.access_token: contains bytes not allowed in an HTTP header".to_owned(),
         )?;
-        return Ok(UpstreamAuth::Static(header));
+        return Ok(UpstreamAuth::Static(crate::swap::Swap::new(header)));
     }
     let store = store_from_config(config)?;
     let oauth = oauth_from_config(config)?;

@@ -98,7 +98,8 @@ pub fn new_request_id() -> String {
 /// The proxy's request handler and its state.
 pub struct Proxy {
     pub routes: RouteTable,
-    pub identities: Identities,
+    /// Replaced when the configuration's key hashes are reloaded.
+    pub identities: crate::swap::Swap<Identities>,
     pub upstream: Upstream,
     /// Where `Authorization: Bearer <Schwab access token>` comes from.
     pub upstream_auth: crate::credentials::UpstreamAuth,
@@ -177,7 +178,7 @@ impl Proxy {
     /// The synchronous front of the pipeline: header sanity, identity, route.
     pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
         check_request_headers(&parts.headers)?;
-        ctx.caller = Some(self.identities.identify(&parts.headers)?);
+        ctx.caller = Some(self.identities.load().identify(&parts.headers)?);
         let path = parts.uri.path();
         if let Some(q) = parts.uri.query() {
             route::check_query(q).map_err(route_reject)?;

@@ -99,6 +99,69 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerCon
     server_config(load_certs(cert)?, load_key(key)?)
 }
 
+/// A listener's certificate and key, replaceable while it serves: new
+/// handshakes get the new pair, open connections keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider()).map_err(
+        |e| {
+            TlsError(format!(
+                "{} and {} do not form a usable pair: {e}",
+                cert.display(),
+                key.display()
+            ))
+        },
+    )
+}
+
+impl ReloadableCert {
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<ReloadableCert>, TlsError> {
+        Ok(Arc::new(ReloadableCert {
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert, key)?)),
+        }))
+    }
+
+    /// Loads and checks a pair without putting it in force.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        Ok(Arc::new(certified_key(cert, key)?))
+    }
+
+    /// Serves `pair` to new handshakes from now on.
+    pub fn put(&self, pair: Arc<rustls::sign::CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut g) => *g = pair,
+            Err(poisoned) => *poisoned.into_inner() = pair,
+        }
+    }
+
+    /// The server configuration that serves this pair (ALPN h2, http/1.1).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        })
+    }
+}
+
 /// An HTTP/1.1-only server config from in-memory PEM (the one-shot
 /// `token init --listen` callback listener).
 pub fn http1_server_config_from_pem(

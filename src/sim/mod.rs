@@ -113,6 +113,8 @@ struct State {
 
 pub struct Sim {
     opts: SimOptions,
+    /// Replaces `opts.app_secret` once the secret is "regenerated".
+    app_secret: Mutex<Option<String>>,
     accounts: Vec<Account>,
     state: Mutex<State>,
     journal: Mutex<VecDeque<JournalEntry>>,
@@ -170,6 +172,7 @@ impl Sim {
         ];
         Arc::new(Sim {
             opts,
+            app_secret: Mutex::new(None),
             accounts,
             state: Mutex::new(State {
                 tokens: HashMap::new(),
@@ -225,6 +228,12 @@ impl Sim {
             ),
         );
         code
+    }
+
+    /// Regenerates the app secret, as in the developer portal: from now on
+    /// only `secret` authenticates at the token endpoint.
+    pub fn set_app_secret(&self, secret: &str) {
+        *self.app_secret.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret.to_owned());
     }
 
     /// Makes every refresh token the simulator issued invalid (as Schwab
@@ -600,7 +609,13 @@ impl Sim {
     }
 
     fn token_endpoint(&self, h: &http::HeaderMap, body: &Bytes) -> Response<ProxyBody> {
-        let expected = format!("{}:{}", self.opts.app_key, self.opts.app_secret);
+        let secret = self
+            .app_secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.opts.app_secret.clone());
+        let expected = format!("{}:{}", self.opts.app_key, secret);
         let presented = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -36,6 +36,7 @@ pub struct Harness {
     pub ca_pem: String,
     /// The proxy's configuration as the demo built it.
     pub config: Config,
+    pub live: Arc<portcullis::reload::Live>,
     pub dir: tempfile::TempDir,
     trigger: Option<ShutdownTrigger>,
     pub task: Option<tokio::task::JoinHandle<Result<(), portcullis::StartError>>>,
@@ -84,6 +85,7 @@ impl Harness {
             sim: h.sim,
             ca_pem,
             config: h.config,
+            live: h.live,
             dir,
             trigger: Some(trigger),
             task: Some(task),
