@@ -9,7 +9,9 @@
 pub mod commands;
 pub mod manager;
 pub mod oauth;
+pub mod sessions;
 pub mod store;
+pub mod totp;
 
 use std::fmt;
 use std::sync::Arc;
