@@ -165,7 +165,14 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     };
     let proxy = Arc::new(Proxy {
         routes,
-        identities: swap::Swap::new(Identities::from_config(&config.callers)),
+        identities: swap::Swap::new(
+            Identities::from_config(&config.callers).map_err(StartError::Load)?,
+        ),
+        sessions: Arc::new(credentials::sessions::Sessions::new(
+            config.tokens.access_ttl.0,
+            config.tokens.refresh_ttl.0,
+            config.tokens.max_sessions,
+        )),
         upstream,
         upstream_auth,
         limits: config.limits.clone(),
@@ -334,7 +341,9 @@ fn spawn_reloaders(config: &Config, live: &Arc<reload::Live>, shutdown: &Shutdow
                 }
                 settling = None;
                 let _ = live.reload("file_change").await;
-                seen = live.fingerprint();
+                // What was read, not what is there now: a change made while
+                // the reload ran is seen at the next tick.
+                seen = now;
             }
         });
     }

@@ -94,22 +94,23 @@ impl Live {
     }
 
     /// Loads every reloadable piece of `next`, then puts them in force
-    /// together. On error nothing changes.
+    /// together. On error nothing changes. Settings that need a restart keep
+    /// their running values (and are reported).
     pub async fn apply(&self, next: Config) -> Result<Applied, String> {
         let _one = self.reloading.lock().await;
         let running = self.running();
+        let effective = reloadable_view(&running, &next);
         let mut applied = Applied {
             needs_restart: restart_only_changes(&running, &next),
             ..Applied::default()
         };
 
-        // 1. Load everything.
-        let identities = Identities::from_config(&callers_with_new_keys(&running, &next));
-        applied.callers = running.callers.len();
+        // 1. Load and check everything.
+        let identities = Identities::from_config(&effective.callers)?;
+        applied.callers = effective.callers.len();
         let mut pairs = Vec::new();
-        for (i, cert) in self.certs.iter().enumerate() {
-            let (Some(cert), Some(files)) = (cert, next.listen.get(i).and_then(|l| l.tls.as_ref()))
-            else {
+        for (i, (cert, l)) in self.certs.iter().zip(&effective.listen).enumerate() {
+            let (Some(cert), Some(files)) = (cert, &l.tls) else {
                 continue;
             };
             let pair = ReloadableCert::load(&files.cert_file, &files.key_file)
@@ -124,7 +125,7 @@ impl Live {
             ),
         }
         let auth =
-            match (&self.proxy.upstream_auth, &next.upstream.access_token) {
+            match (&self.proxy.upstream_auth, &effective.upstream.access_token) {
                 (UpstreamAuth::Static(_), Some(r)) => {
                     let token = crate::config::secret::resolve(r)
                         .map_err(|e| format!("upstream.access_token: {e}"))?;
@@ -132,10 +133,15 @@ impl Live {
                         "upstream.access_token: contains bytes not allowed in an HTTP header",
                     )?)
                 }
-                (UpstreamAuth::Managed(_), None) => NewAuth::Managed(
-                    crate::credentials::store_from_config(&next)?,
-                    Box::new(crate::credentials::oauth_from_config(&next)?),
-                ),
+                (UpstreamAuth::Managed(_), None) => {
+                    let store = crate::credentials::store_from_config(&effective)?;
+                    // The store must open under the (possibly new) key.
+                    store.load().map_err(|e| e.to_string())?;
+                    NewAuth::Managed(
+                        store,
+                        Box::new(crate::credentials::oauth_from_config(&effective)?),
+                    )
+                }
                 _ => {
                     return Err(
                         "switching between upstream.access_token and schwab.token_store \
@@ -147,6 +153,19 @@ impl Live {
 
         // 2. Put in force.
         self.proxy.identities.store(identities);
+        for c in &running.callers {
+            // A key taken away (or the caller removed) ends the sessions
+            // opened with the caller's keys: they may have come from it.
+            let now = effective.callers.iter().find(|n| n.id == c.id);
+            let lost_a_key = now.is_none_or(|n| {
+                c.key_hashes
+                    .iter()
+                    .any(|h| !n.key_hashes.iter().any(|k| k.hash == h.hash))
+            });
+            if lost_a_key {
+                self.proxy.sessions.revoke_caller(&c.id);
+            }
+        }
         for (cert, pair) in pairs {
             cert.put(pair);
             applied.certificates += 1;
@@ -159,13 +178,10 @@ impl Live {
             _ => {}
         }
         applied.upstream_credentials = true;
-        let mut kept = next;
-        // Callers other than their keys stay as they run.
-        kept.callers = callers_with_new_keys(&running, &kept);
         *self
             .config
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = kept;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = effective;
         Ok(applied)
     }
 
@@ -210,46 +226,99 @@ impl Live {
     }
 }
 
-/// The running callers, each with the key hashes `next` gives it (callers
-/// absent from `next` keep theirs: removing a caller needs a restart).
-fn callers_with_new_keys(running: &Config, next: &Config) -> Vec<crate::config::CallerConfig> {
-    running
-        .callers
-        .iter()
-        .map(|c| {
-            let mut c = c.clone();
-            if let Some(n) = next.callers.iter().find(|n| n.id == c.id) {
+/// The running configuration with what a reload may change taken from
+/// `next`: the callers' keys (a caller missing from `next` keeps none — its
+/// keys stop working at once), TOTP secrets and `require_token`; the secret
+/// references for the broker; the certificate files of listeners that exist
+/// in both (matched by address, TLS in both).
+fn reloadable_view(running: &Config, next: &Config) -> Config {
+    let mut e = running.clone();
+    for c in &mut e.callers {
+        match next.callers.iter().find(|n| n.id == c.id) {
+            Some(n) => {
                 c.key_hashes = n.key_hashes.clone();
+                c.totp_secret = n.totp_secret.clone();
+                c.require_token = n.require_token;
             }
-            c
-        })
-        .collect()
+            None => c.key_hashes.clear(),
+        }
+    }
+    e.upstream.access_token = next.upstream.access_token.clone();
+    e.schwab.app_key = next.schwab.app_key.clone();
+    e.schwab.app_secret = next.schwab.app_secret.clone();
+    e.schwab.token_store = next.schwab.token_store.clone();
+    e.schwab.callback_url = next.schwab.callback_url.clone();
+    for l in &mut e.listen {
+        if let Some(n) = next.listen.iter().find(|n| n.address == l.address)
+            && l.tls.is_some()
+            && n.tls.is_some()
+        {
+            l.tls = n.tls.clone();
+        }
+    }
+    e
 }
 
 /// Changes between two configurations that a reload does not apply.
 fn restart_only_changes(running: &Config, next: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let ids = |c: &Config| {
+    let same_after_reload = reloadable_view(running, next);
+    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let callers = |c: &Config| {
         c.callers
             .iter()
             .map(|c| (c.id.clone(), c.role, c.accounts.clone()))
             .collect::<Vec<_>>()
     };
-    if ids(running) != ids(next) {
-        out.push("callers (ids, roles or accounts)".into());
+    let removed: Vec<&str> = running
+        .callers
+        .iter()
+        .filter(|c| !next.callers.iter().any(|n| n.id == c.id))
+        .map(|c| c.id.as_str())
+        .collect();
+    if !removed.is_empty() {
+        out.push(format!(
+            "callers removed ({}): their keys and sessions stopped working now; the rest at restart",
+            removed.join(", ")
+        ));
     }
-    let addrs = |c: &Config| c.listen.iter().map(|l| l.address).collect::<Vec<_>>();
-    if addrs(running) != addrs(next) || running.admin.address != next.admin.address {
-        out.push("listen or admin addresses".into());
+    if callers(running) != callers(next) && removed.is_empty() {
+        out.push("callers added, or roles or accounts changed".into());
     }
-    if running.upstream.base_url != next.upstream.base_url {
-        out.push("upstream.base_url".into());
+    let listeners = |c: &Config| {
+        c.listen
+            .iter()
+            .map(|l| (l.address, l.tls.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if listeners(running) != listeners(next) || d(&running.admin) != d(&next.admin) {
+        out.push("listeners or the admin listener".into());
     }
-    if format!("{:?}", running.limits) != format!("{:?}", next.limits) {
-        out.push("limits".into());
+    let mut next_upstream = next.upstream.clone();
+    next_upstream.access_token = same_after_reload.upstream.access_token.clone();
+    let mut run_upstream = running.upstream.clone();
+    run_upstream.access_token = same_after_reload.upstream.access_token.clone();
+    if d(&run_upstream) != d(&next_upstream) {
+        out.push("upstream (address, CA, timeouts, pools)".into());
     }
-    if running.environment != next.environment {
-        out.push("environment".into());
+    if running.schwab.oauth_base_url != next.schwab.oauth_base_url
+        || running.schwab.refresh_ahead.0 != next.schwab.refresh_ahead.0
+    {
+        out.push("schwab.oauth_base_url or schwab.refresh_ahead".into());
+    }
+    for (name, a, b) in [
+        ("limits", d(&running.limits), d(&next.limits)),
+        ("routes", d(&running.routes), d(&next.routes)),
+        ("accounts", d(&running.accounts), d(&next.accounts)),
+        ("policies", d(&running.policies), d(&next.policies)),
+        ("environment", d(&running.environment), d(&next.environment)),
+        ("tokens", d(&running.tokens), d(&next.tokens)),
+        ("logging", d(&running.logging), d(&next.logging)),
+        ("reload", d(&running.reload), d(&next.reload)),
+    ] {
+        if a != b {
+            out.push(name.into());
+        }
     }
     out
 }

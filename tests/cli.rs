@@ -350,7 +350,10 @@ fn token_rekey_rotates_the_store_key_and_the_old_key_stops_working() {
     std::fs::write(&store_file, raw).unwrap();
     let (code, _, err) = portcullis(&["token", "status", "--config", &cfg2]);
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("tokens.json"), "{err}");
+    assert!(
+        err.contains("tokens.json") && err.contains("failed authentication"),
+        "{err}"
+    );
 }
 
 #[test]

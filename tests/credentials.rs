@@ -4,12 +4,74 @@
 
 mod common;
 
+use std::cell::RefCell;
+use std::io::{BufRead, Read, Write};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, VIEWER};
 use portcullis::credentials::commands::{self, CallbackSource};
 use portcullis::sim::SimOptions;
+
+/// What `token init` prints, shared with the [`User`] reading it.
+struct Shared(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A person at the terminal: reads the authorize address `token init`
+/// printed, logs in (the simulator grants a code for the callback), and
+/// pastes the redirect — with the `state` of that address.
+struct User {
+    printed: Rc<RefCell<Vec<u8>>>,
+    sim: Arc<portcullis::sim::Sim>,
+    callback: String,
+    answer: Option<String>,
+}
+
+impl User {
+    fn answer(&mut self) -> &[u8] {
+        if self.answer.is_none() {
+            let printed = String::from_utf8(self.printed.borrow().clone()).unwrap();
+            let state = printed
+                .split("state=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_alphanumeric()).next())
+                .expect("an authorize address with a state was printed")
+                .to_owned();
+            let code = self.sim.grant_code(&self.callback);
+            self.answer = Some(format!(
+                "{}/?code={code}%40&session=abc&state={state}\n",
+                self.callback
+            ));
+        }
+        self.answer.as_deref().unwrap_or("").as_bytes()
+    }
+}
+
+impl Read for User {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let a = self.answer();
+        let n = a.len().min(buf.len());
+        buf[..n].copy_from_slice(&a[..n]);
+        Ok(n)
+    }
+}
+
+impl BufRead for User {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(self.answer())
+    }
+    fn consume(&mut self, _: usize) {}
+}
 
 const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
 
@@ -84,9 +146,16 @@ async fn the_access_token_is_refreshed_ahead_of_expiry_in_the_background() {
         m.contains("portcullis_upstream_token_refreshes_total{outcome=\"ok\"}"),
         "{m}"
     );
+    let refresh_left: i64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("portcullis_upstream_token_expires_in_seconds{token=\"refresh\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("refresh token gauge");
     assert!(
-        m.contains("portcullis_upstream_token_expires_in_seconds{token=\"refresh\"} 6"),
-        "refresh token gauge (~7 days): {m}"
+        (600_000..=7 * 86_400).contains(&refresh_left),
+        "refresh token gauge should be ~7 days: {refresh_left}"
     );
 }
 
@@ -119,22 +188,46 @@ async fn an_expired_refresh_token_is_503_and_not_ready_until_token_init() {
         "the refused refresh token was retried"
     );
 
-    // A human logs in again (`portcullis token init`, pasting the callback).
+    // A human logs in again (`portcullis token init`): reads the address
+    // printed, "logs in" (the simulator grants a code), and pastes the
+    // redirect with the login's `state`.
     let callback = h.config.schwab.callback_url.clone().unwrap();
-    let code = h.sim.grant_code(&callback);
-    let pasted = format!("{callback}/?code={code}%40&session=abc\n");
-    let mut out = Vec::new();
-    commands::init_with(
-        &h.config,
-        CallbackSource::Paste(&mut pasted.as_bytes()),
-        &mut out,
-    )
-    .await
-    .map_err(|f| f.1)
-    .expect("token init");
-    let printed = String::from_utf8(out).unwrap();
+    let printed = Rc::new(RefCell::new(Vec::new()));
+    let mut user = User {
+        printed: printed.clone(),
+        sim: h.sim.clone(),
+        callback: callback.clone(),
+        answer: None,
+    };
+    let mut out = Shared(printed.clone());
+    commands::init_with(&h.config, CallbackSource::Paste(&mut user), &mut out)
+        .await
+        .map_err(|f| f.1)
+        .expect("token init");
+    let printed = String::from_utf8(printed.borrow().clone()).unwrap();
     assert!(printed.contains("/v1/oauth/authorize?response_type=code&client_id="));
-    assert!(!printed.contains(&code), "the code was printed");
+    let pasted = user.answer.unwrap();
+    let code = pasted
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(!printed.contains(code), "the code was printed");
+
+    // A pasted redirect of another login (wrong state) is refused.
+    let forged = format!(
+        "{callback}/?code={}&state=not-this-login\n",
+        h.sim.grant_code(&callback)
+    );
+    let refused = commands::init_with(
+        &h.config,
+        CallbackSource::Paste(&mut forged.as_bytes()),
+        &mut Vec::new(),
+    )
+    .await;
+    assert!(matches!(refused, Err(ref f) if f.0 == commands::EXIT_NEEDS_LOGIN));
 
     // The running proxy adopts the new store on the next request.
     assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
@@ -145,7 +238,9 @@ async fn an_expired_refresh_token_is_503_and_not_ready_until_token_init() {
 
 #[tokio::test]
 async fn a_tampered_store_is_a_clear_error_and_never_a_reset() {
-    let h = Harness::start().await;
+    // Tokens short enough that the proxy refreshes (and would write the
+    // store) after the tampering.
+    let h = Harness::start_with(short_tokens(Duration::from_secs(2)), |_| {}).await;
     let path = h.config.schwab.token_store.as_ref().unwrap().file.clone();
     let original = std::fs::read_to_string(&path).unwrap();
     let mut env: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -154,10 +249,23 @@ async fn a_tampered_store_is_a_clear_error_and_never_a_reset() {
     let mut chars: Vec<char> = ct.chars().collect();
     chars[10] = if chars[10] == 'A' { 'B' } else { 'A' };
     env["ciphertext"] = chars.into_iter().collect::<String>().into();
-    std::fs::write(&path, env.to_string()).unwrap();
+    let tampered = env.to_string();
+    std::fs::write(&path, &tampered).unwrap();
 
-    // The running proxy keeps serving with the tokens it holds.
+    // Past a background refresh and the first token's expiry: the running
+    // proxy keeps serving with the tokens it holds and refreshes them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        refreshes(&h) >= 1,
+        "no refresh happened after the tampering"
+    );
     assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    // It did not replace the file it cannot read (no silent reset).
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        tampered,
+        "the store was rewritten"
+    );
     // A (re)start refuses, naming the file and the problem.
     let err = match portcullis::prepare(&h.config) {
         Err(e) => e.to_string(),
@@ -165,11 +273,85 @@ async fn a_tampered_store_is_a_clear_error_and_never_a_reset() {
     };
     assert!(err.contains("failed authentication"), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
-    // The file was not replaced by an empty or new store.
+}
+
+#[tokio::test]
+async fn a_reload_is_all_or_nothing_and_a_removed_caller_stops_at_once() {
+    let h = Harness::start().await;
+    let demo = h.dir.path().join("demo");
+
+    // A certificate that does not match its key: refused, nothing changes
+    // (not even the caller keys loaded alongside).
+    let mut cfg = h.config.clone();
+    let bot = "rotated-bot-key-00000000000000000000";
+    cfg.callers
+        .iter_mut()
+        .find(|c| c.id == "demo-viewer")
+        .unwrap()
+        .key_hashes
+        .push(portcullis::config::KeyHash::new(format!(
+            "sha256:{}",
+            portcullis::keys::hash_key_hex(bot)
+        )));
+    let stray = portcullis::certs::DevCa::new("stray")
+        .unwrap()
+        .leaf(&["localhost"])
+        .unwrap();
+    let wrong_key = demo.join("stray-key.pem");
+    std::fs::write(&wrong_key, &stray.key_pem).unwrap();
+    let mut broken = cfg.clone();
+    broken.listen[0].tls.as_mut().unwrap().key_file = wrong_key;
+    let err = h.live.apply(broken).await.unwrap_err();
+    assert!(err.contains("listen[0].tls"), "{err}");
     assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        env.to_string(),
-        "the store was rewritten"
+        h.send("GET", QUOTES, Some(bot), None).await.status,
+        401,
+        "partly applied"
+    );
+
+    // A store key that cannot open the store: refused.
+    let other_key = demo.join("other-store.key");
+    std::fs::write(
+        &other_key,
+        secrecy::ExposeSecret::expose_secret(
+            &portcullis::credentials::store::StoreKey::generate().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut rekeyed = cfg.clone();
+    rekeyed.schwab.token_store.as_mut().unwrap().key =
+        format!("file:{}", other_key.display()).parse().unwrap();
+    let err = h.live.apply(rekeyed).await.unwrap_err();
+    assert!(err.contains("key id"), "{err}");
+    assert_eq!(
+        h.send("GET", QUOTES, Some(bot), None).await.status,
+        401,
+        "partly applied"
+    );
+
+    // The good one applies.
+    h.live.apply(cfg.clone()).await.expect("reload");
+    assert_eq!(h.send("GET", QUOTES, Some(bot), None).await.status, 200);
+
+    // A caller deleted from the configuration: its keys stop working now
+    // (the rest of the removal waits for a restart, and says so).
+    cfg.callers.retain(|c| c.id != "demo-viewer");
+    let applied = h.live.apply(cfg).await.expect("reload");
+    assert!(
+        applied
+            .needs_restart
+            .iter()
+            .any(|w| w.contains("demo-viewer")),
+        "{:?}",
+        applied.needs_restart
+    );
+    assert_eq!(h.send("GET", QUOTES, Some(bot), None).await.status, 401);
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 401);
+    assert_eq!(
+        h.send("GET", QUOTES, Some(common::TRADER), None)
+            .await
+            .status,
+        200
     );
 }
 

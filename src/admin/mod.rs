@@ -88,18 +88,14 @@ impl Admin {
                 &rid,
             );
         }
-        let caller = match self.proxy.identities.load().identify(req.headers()) {
+        let who = match self.proxy.identify(req.headers()) {
             Ok(c) => c,
             Err(r) => return r.into_response(&rid),
         };
-        let decision = self.proxy.authorize(
-            &caller.id,
-            "ReloadPolicies",
-            Resource::Proxy,
-            peer,
-            &rid,
-            None,
-        );
+        let caller = &who.caller;
+        let decision =
+            self.proxy
+                .authorize(&who, "ReloadPolicies", Resource::Proxy, peer, &rid, None);
         tracing::info!(caller = %caller.id, allowed = decision.allowed, policies = %decision.policies.join(","), "policy reload requested");
         if !decision.allowed {
             return Reject::Forbidden.into_detailed_response(

@@ -49,6 +49,9 @@ pub struct Config {
     /// Re-reading secrets and certificates when their files change.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Short-lived proxy tokens for callers.
+    #[serde(default)]
+    pub tokens: TokensConfig,
     /// The file this configuration was read from (not a key): a reload
     /// (SIGHUP) reads it again.
     #[serde(skip)]
@@ -472,6 +475,43 @@ pub struct CallerConfig {
     /// Names (from `accounts[]`) of the accounts this caller may act on.
     #[serde(default)]
     pub accounts: Vec<String>,
+    /// A human's TOTP secret (base32, as an authenticator app holds it), by
+    /// secret reference. Set: getting a proxy token needs a valid code, and
+    /// such sessions carry `context.mfa == true`.
+    #[serde(default)]
+    pub totp_secret: Option<SecretRef>,
+    /// The API key is accepted only as the client secret at the proxy's
+    /// token endpoint; requests must carry a short-lived proxy token.
+    #[serde(default)]
+    pub require_token: bool,
+}
+
+/// Proxy-issued tokens (`POST /v1/oauth/token` on the proxy listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(default = "d15m")]
+    pub access_ttl: Dur,
+    /// A refresh token's life; each refresh issues a new one.
+    #[serde(default = "d12h")]
+    pub refresh_ttl: Dur,
+    /// Sessions held at once (memory bound); further grants get 503.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            access_ttl: d15m(),
+            refresh_ttl: d12h(),
+            max_sessions: default_max_sessions(),
+        }
+    }
+}
+
+fn default_max_sessions() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -547,6 +587,12 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+fn d15m() -> Dur {
+    Dur(Duration::from_secs(900))
+}
+fn d12h() -> Dur {
+    Dur(Duration::from_secs(12 * 3600))
+}
 fn d2s() -> Dur {
     Dur(Duration::from_secs(2))
 }
@@ -796,6 +842,25 @@ impl Config {
             }
         }
         self.environment_rules(&mut issue);
+        let t = &self.tokens;
+        if t.access_ttl.0 < Duration::from_secs(30) || t.access_ttl.0 > Duration::from_secs(3600) {
+            issue(
+                "tokens.access_ttl".into(),
+                "must be between 30s and 1h (short-lived by design)".into(),
+            );
+        }
+        if t.refresh_ttl.0 < t.access_ttl.0 || t.refresh_ttl.0 > Duration::from_secs(30 * 86400) {
+            issue(
+                "tokens.refresh_ttl".into(),
+                "must be at least tokens.access_ttl and at most 30d".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&t.max_sessions) {
+            issue(
+                "tokens.max_sessions".into(),
+                "must be between 1 and 1000000".into(),
+            );
+        }
         if self.reload.interval.0 < Duration::from_millis(100)
             || self.reload.interval.0 > Duration::from_secs(3600)
         {

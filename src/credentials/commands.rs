@@ -108,17 +108,20 @@ pub async fn init_with(
                 out,
                 format!("2. Waiting for the browser on {callback} (5 minutes) …"),
             );
-            catch_callback(&callback, Duration::from_secs(300)).await?
+            catch_callback(&callback, &state, Duration::from_secs(300)).await?
         }
     };
-    let code = code_from_callback(pasted.expose_secret(), Some(&state))
+    let code = code_from_callback(pasted.expose_secret(), &state)
         .map_err(|m| Failure(EXIT_NEEDS_LOGIN, m))?;
     let resp = oauth
         .exchange_code(&code, &callback)
         .await
         .map_err(|e| Failure(EXIT_UNAVAILABLE, format!("logging in: {e}")))?;
     let tokens = from_login(resp).map_err(|e| Failure(EXIT_UNAVAILABLE, e.to_string()))?;
-    store.save(&tokens).map_err(store_failure)?;
+    {
+        let _lock = store.lock().map_err(store_failure)?;
+        store.save(&tokens).map_err(store_failure)?;
+    }
     w(
         out,
         format!(
@@ -162,7 +165,7 @@ pub fn status(config_path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
 pub fn rekey(config_path: &Path, new_key: &str, out: &mut dyn Write) -> Result<(), Failure> {
     let cfg = load_config(config_path)?;
     let store = store_from_config(&cfg).map_err(config_failure)?;
-    let tokens = store.load().map_err(store_failure)?;
+    store.load().map_err(store_failure)?;
     let reference: crate::config::secret::SecretRef = new_key
         .parse()
         .map_err(|m: String| config_failure(format!("--new-key: {m}")))?;
@@ -176,7 +179,12 @@ pub fn rekey(config_path: &Path, new_key: &str, out: &mut dyn Write) -> Result<(
         ));
     }
     let new_store = TokenStore::new(store.path().to_owned(), key);
-    new_store.save(&tokens).map_err(store_failure)?;
+    {
+        let _lock = store.lock().map_err(store_failure)?;
+        // Read again under the lock: the proxy may have refreshed meanwhile.
+        let tokens = store.load().map_err(store_failure)?;
+        new_store.save(&tokens).map_err(store_failure)?;
+    }
     let _ = writeln!(
         out,
         "{} re-encrypted: key id {} → {}.\nNow set schwab.token_store.key to {reference} \
@@ -224,7 +232,11 @@ fn when(ms: i64) -> String {
 
 /// Serves one HTTPS request on the callback URL's address (self-signed
 /// certificate: the browser warns once) and returns the URL it was sent to.
-async fn catch_callback(callback: &str, wait: Duration) -> Result<SecretString, Failure> {
+async fn catch_callback(
+    callback: &str,
+    state: &str,
+    wait: Duration,
+) -> Result<SecretString, Failure> {
     use http_body_util::Full;
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
@@ -261,13 +273,19 @@ async fn catch_callback(callback: &str, wait: Duration) -> Result<SecretString, 
                 continue; // the browser rejecting the self-signed certificate once
             };
             let tx = tx.clone();
+            let state = state.to_owned();
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let tx = tx.clone();
+                    // Only this login's redirect counts (its `state`):
+                    // anything else on the port — a favicon, another local
+                    // process — is ignored.
+                    let target = req.uri().to_string();
+                    let q = crate::sim::Query::parse(req.uri().query().unwrap_or(""));
+                    let ours = q.get("state") == Some(state.as_str())
+                        && (q.get("code").is_some() || q.get("error").is_some());
                     async move {
-                        let target = req.uri().to_string();
-                        let has_code = target.contains("code=") || target.contains("error=");
-                        let body = if has_code {
+                        let body = if ours {
                             let _ = tx.try_send(target);
                             "portcullis: login received. You can close this tab."
                         } else {

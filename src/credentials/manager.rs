@@ -16,7 +16,7 @@
 //! refreshes (docs/credentials.md).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::HeaderValue;
 use secrecy::SecretString;
@@ -33,8 +33,8 @@ use crate::swap::Swap;
 const REFRESH_WARNING_MS: i64 = 48 * 3600 * 1000;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// How the file looked when last read or written: length and mtime.
-type Stamp = Option<(u64, SystemTime)>;
+/// The store file's content hash when last read or written by us.
+type Stamp = Option<[u8; 32]>;
 
 struct State {
     tokens: Option<Tokens>,
@@ -83,7 +83,7 @@ impl TokenManager {
         refresh_ahead: Duration,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<TokenManager, StoreError> {
-        let stamp = stamp_of(store.path());
+        let stamp = store.stamp();
         let tokens = store.load()?;
         let m = TokenManager {
             store: Swap::new(store),
@@ -219,13 +219,7 @@ impl TokenManager {
         match self.oauth.load().refresh(&refresh_token).await {
             Ok(resp) => {
                 let tokens = merge(resp, refresh_token, issued, expires);
-                if let Err(e) = self.persist(&tokens) {
-                    // The new token still serves; the next refresh retries
-                    // the write. Losing it only costs a refresh after a restart.
-                    tracing::error!(error = %e, "could not write the token store");
-                }
-                let stamp = stamp_of(self.store.load().path());
-                self.install(tokens, stamp);
+                self.store_refreshed(tokens);
                 tracing::info!("Schwab access token refreshed");
                 self.count("ok", Refresh::Refreshed)
             }
@@ -258,23 +252,38 @@ impl TokenManager {
     fn fail(&self, rejected: bool) {
         let mut st = self.lock();
         st.failures = st.failures.saturating_add(1);
-        let backoff =
-            Duration::from_secs(1u64 << st.failures.min(6).saturating_sub(1)).min(MAX_BACKOFF);
-        st.retry_at = Some(tokio::time::Instant::now() + backoff);
+        st.retry_at = Some(tokio::time::Instant::now() + backoff(st.failures));
         if rejected {
             st.refresh_rejected = true;
         }
     }
 
-    /// Writes the store unless someone else changed it since we read it (a
-    /// concurrent `token init` wins; we adopt its file next time).
-    fn persist(&self, tokens: &Tokens) -> Result<(), StoreError> {
+    /// Puts refreshed tokens in force and writes them to the store — unless
+    /// the file changed since we last read or wrote it (a `token init` or
+    /// `token rekey` meanwhile): then it is left alone, and our stamp keeps
+    /// pointing at what we knew, so the newer file is adopted before the next
+    /// refresh. The check and the write happen under the store lock.
+    fn store_refreshed(&self, tokens: Tokens) {
         let store = self.store.load();
         let known = self.lock().stamp;
-        if stamp_of(store.path()) != known {
-            return Ok(());
-        }
-        store.save(tokens)
+        let written = (|| {
+            let _lock = store.lock()?;
+            if store.stamp() != known {
+                return Ok(known);
+            }
+            store.save(&tokens)?;
+            Ok::<_, StoreError>(store.stamp())
+        })();
+        let stamp = match written {
+            Ok(s) => s,
+            Err(e) => {
+                // The new token still serves; the next refresh retries the
+                // write. Losing it only costs a refresh after a restart.
+                tracing::error!(error = %e, "could not write the token store");
+                known
+            }
+        };
+        self.install(tokens, stamp);
     }
 
     fn install(&self, tokens: Tokens, stamp: Stamp) {
@@ -296,7 +305,7 @@ impl TokenManager {
     /// new tokens were adopted.
     fn adopt_store_if_changed(&self) -> bool {
         let store = self.store.load();
-        let now = stamp_of(store.path());
+        let now = store.stamp();
         if now == self.lock().stamp {
             return false;
         }
@@ -377,7 +386,9 @@ impl TokenManager {
         if let Some(at) = st.retry_at {
             wait = wait.max(at.saturating_duration_since(tokio::time::Instant::now()));
         }
-        wait.max(Duration::from_millis(50))
+        // However short the broker makes a token's life, at most one
+        // background refresh a second.
+        wait.max(Duration::from_secs(1))
     }
 
     /// Expiry times for `token status` and `/readyz`.
@@ -387,6 +398,16 @@ impl TokenManager {
             .as_ref()
             .map(|t| (t.access_expires_at, t.refresh_expires_at))
     }
+}
+
+/// The wait after the `failures`-th failure in a row: 1 s doubling to 60 s,
+/// with ±20% jitter so restarted replicas do not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.clamp(1, 7).saturating_sub(1)).min(MAX_BACKOFF);
+    let mut r = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    // 0.8 ..= 1.2
+    base.mul_f64(0.8 + f64::from(r[0]) / 255.0 * 0.4)
 }
 
 /// The time (ms) after which an access token is no longer sent: a margin
@@ -429,8 +450,117 @@ pub fn from_login(resp: TokenResponse) -> Result<Tokens, OAuthError> {
     })
 }
 
-fn stamp_of(path: &std::path::Path) -> Stamp {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.len(), m.modified().ok()?)))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::store::StoreKey;
+    use secrecy::ExposeSecret;
+
+    fn tokens(tag: &str) -> Tokens {
+        let now = now_ms();
+        Tokens {
+            access_token: SecretString::from(format!("access-{tag}")),
+            refresh_token: SecretString::from(format!("refresh-{tag}")),
+            id_token: None,
+            scope: "api".into(),
+            access_expires_at: now + 1_800_000,
+            refresh_issued_at: now,
+            refresh_expires_at: now + REFRESH_TOKEN_LIFETIME_MS,
+        }
+    }
+
+    fn manager(path: &std::path::Path, key: &[u8; 32]) -> TokenManager {
+        let store = TokenStore::new(path.to_owned(), StoreKey::from_bytes(key).unwrap());
+        let oauth = OAuthClient::new(
+            "https://127.0.0.1:9",
+            None,
+            SecretString::from("k".to_owned()),
+            &SecretString::from("s".to_owned()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        TokenManager::new(store, oauth, Duration::from_secs(300), None).unwrap()
+    }
+
+    fn on_disk(path: &std::path::Path, key: &[u8; 32]) -> String {
+        let store = TokenStore::new(path.to_owned(), StoreKey::from_bytes(key).unwrap());
+        store
+            .load()
+            .unwrap()
+            .access_token
+            .expose_secret()
+            .to_owned()
+    }
+
+    fn in_use(m: &TokenManager) -> String {
+        let h = m.current().unwrap();
+        h.to_str().unwrap().trim_start_matches("Bearer ").to_owned()
+    }
+
+    #[test]
+    fn a_login_written_during_a_refresh_is_adopted_never_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("tokens.json");
+        let key = [1u8; 32];
+        let other = TokenStore::new(path.clone(), StoreKey::from_bytes(&key).unwrap());
+        other.save(&tokens("A")).unwrap();
+        let m = manager(&path, &key);
+        assert_eq!(in_use(&m), "access-A");
+
+        // `token init` writes B while a refresh (yielding C) is in flight.
+        other.save(&tokens("B")).unwrap();
+        m.store_refreshed(tokens("C"));
+        assert_eq!(
+            on_disk(&path, &key),
+            "access-B",
+            "the new login was overwritten"
+        );
+        // Before the next refresh the new file is adopted …
+        assert!(m.adopt_store_if_changed());
+        assert_eq!(in_use(&m), "access-B");
+        // … and refreshes are written again from then on.
+        m.store_refreshed(tokens("D"));
+        assert_eq!(on_disk(&path, &key), "access-D");
+    }
+
+    #[test]
+    fn a_rekeyed_store_is_never_written_under_the_old_key() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("tokens.json");
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        TokenStore::new(path.clone(), StoreKey::from_bytes(&old).unwrap())
+            .save(&tokens("A"))
+            .unwrap();
+        let m = manager(&path, &old);
+        // `token rekey` re-encrypts under the new key.
+        let rekeyed = TokenStore::new(path.clone(), StoreKey::from_bytes(&new).unwrap());
+        rekeyed.save(&tokens("A")).unwrap();
+        for tag in ["C", "D"] {
+            m.store_refreshed(tokens(tag));
+            assert!(!m.adopt_store_if_changed(), "opened under the old key?");
+            assert_eq!(
+                on_disk(&path, &new),
+                "access-A",
+                "rewritten under the old key"
+            );
+        }
+        assert_eq!(in_use(&m), "access-D", "keeps serving from memory");
+    }
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        assert!(
+            backoff(1) >= Duration::from_millis(800) && backoff(1) <= Duration::from_millis(1200)
+        );
+        assert!(
+            backoff(3) >= Duration::from_millis(3200) && backoff(3) <= Duration::from_millis(4800)
+        );
+        for n in [7, 8, 50, u32::MAX] {
+            let b = backoff(n);
+            assert!(
+                b >= Duration::from_secs(48) && b <= Duration::from_secs(72),
+                "{n}: {b:?}"
+            );
+        }
+    }
 }

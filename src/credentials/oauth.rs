@@ -62,7 +62,6 @@ impl OAuthError {
     /// Whether retrying the same grant later can help.
     pub fn retryable(&self) -> bool {
         matches!(self, OAuthError::Unavailable(_))
-            || matches!(self, OAuthError::Rejected { status, .. } if *status == 429)
     }
 }
 
@@ -182,13 +181,20 @@ impl OAuthClient {
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| OAuthError::Unavailable("timed out".into()))??;
-        if status.is_server_error() {
-            return Err(OAuthError::Unavailable(format!("HTTP {}", status.as_u16())));
-        }
         if status != StatusCode::OK {
-            return Err(OAuthError::Rejected {
-                status: status.as_u16(),
-                error: error_code(&body),
+            // A refusal is a 4xx with an OAuth error body. Anything else — a
+            // 5xx, an edge's HTML "Access Denied", a 404 from a wrong URL, a
+            // 408 — is a failure to retry, not a verdict on the token.
+            return Err(match error_code(&body) {
+                Some(error)
+                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    OAuthError::Rejected {
+                        status: status.as_u16(),
+                        error,
+                    }
+                }
+                _ => OAuthError::Unavailable(format!("HTTP {}", status.as_u16())),
             });
         }
         parse_token_response(&body)
@@ -200,8 +206,8 @@ fn transport_summary(e: &hyper_util::client::legacy::Error) -> String {
     crate::pipeline::upstream::ErrorChain(e).to_string()
 }
 
-/// The `error` member of an OAuth error body, reduced to a safe token.
-fn error_code(body: &[u8]) -> String {
+/// The `error` member of an OAuth error body (RFC 6749 §5.2), if it is one.
+fn error_code(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct E {
         error: Option<String>,
@@ -214,7 +220,6 @@ fn error_code(body: &[u8]) -> String {
                 && c.len() <= 64
                 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
-        .unwrap_or_else(|| "no error code".into())
 }
 
 fn parse_token_response(body: &[u8]) -> Result<TokenResponse, OAuthError> {
@@ -250,12 +255,11 @@ fn parse_token_response(body: &[u8]) -> Result<TokenResponse, OAuthError> {
     })
 }
 
-/// The `code` (and `state`) from the URL the browser was redirected to.
-/// Accepts the full URL or just its query string.
-pub fn code_from_callback(
-    pasted: &str,
-    expected_state: Option<&str>,
-) -> Result<SecretString, String> {
+/// The `code` from the URL the browser was redirected to, after checking
+/// that its `state` is the one this login sent (so a code minted for
+/// someone else's login cannot be slipped in). Accepts the full URL or just
+/// its query string.
+pub fn code_from_callback(pasted: &str, expected_state: &str) -> Result<SecretString, String> {
     let pasted = pasted.trim();
     let query = match pasted.split_once('?') {
         Some((_, q)) => q,
@@ -263,17 +267,15 @@ pub fn code_from_callback(
     };
     let query = query.split('#').next().unwrap_or("");
     let q = crate::sim::Query::parse(query);
-    if let Some(err) = q.get("error") {
-        return Err(format!("the authorization was refused: {err}"));
-    }
-    if let Some(want) = expected_state
-        && q.get("state").is_some_and(|got| got != want)
-    {
+    if q.get("state") != Some(expected_state) {
         return Err(
-            "the `state` in the callback URL does not match this login; \
-                    start again with the URL printed above"
+            "the callback URL's `state` does not match this login (or is missing); \
+                    start again with the address printed above"
                 .into(),
         );
+    }
+    if let Some(err) = q.get("error") {
+        return Err(format!("the authorization was refused: {err}"));
     }
     match q.get("code") {
         Some(c) if !c.is_empty() => Ok(SecretString::from(c.to_owned())),
@@ -293,15 +295,21 @@ mod tests {
     fn callback_parsing() {
         let c = code_from_callback(
             "https://127.0.0.1:8182/?code=C0.abc%40&session=x&state=s1",
-            Some("s1"),
+            "s1",
         )
         .unwrap();
         assert_eq!(c.expose_secret(), "C0.abc@");
-        assert!(code_from_callback("https://127.0.0.1/?code=x&state=other", Some("s1")).is_err());
-        assert!(code_from_callback("https://127.0.0.1/?state=s1", Some("s1")).is_err());
-        assert!(code_from_callback("https://127.0.0.1/?error=access_denied", None).is_err());
+        assert!(code_from_callback("https://127.0.0.1/?code=x&state=other", "s1").is_err());
+        assert!(
+            code_from_callback("https://127.0.0.1/?code=x", "s1").is_err(),
+            "no state"
+        );
+        assert!(code_from_callback("https://127.0.0.1/?state=s1", "s1").is_err());
+        assert!(
+            code_from_callback("https://127.0.0.1/?error=access_denied&state=s1", "s1").is_err()
+        );
         assert_eq!(
-            code_from_callback("code=abc", None)
+            code_from_callback("code=abc&state=s1", "s1")
                 .unwrap()
                 .expose_secret(),
             "abc"
@@ -320,9 +328,10 @@ mod tests {
         assert!(parse_token_response(b"<html>Access Denied</html>").is_err());
         assert!(parse_token_response(br#"{"access_token":"a\nb"}"#).is_err());
         assert_eq!(
-            error_code(br#"{"error":"unsupported_token_type","error_description":"x"}"#),
-            "unsupported_token_type"
+            error_code(br#"{"error":"unsupported_token_type","error_description":"x"}"#).as_deref(),
+            Some("unsupported_token_type")
         );
-        assert_eq!(error_code(br#"{"error":"<script>"}"#), "no error code");
+        assert_eq!(error_code(br#"{"error":"<script>"}"#), None);
+        assert_eq!(error_code(b"<html>Access Denied</html>"), None);
     }
 }

@@ -268,8 +268,14 @@ mod tests {
 
         let second = s.refresh("bot", &first.refresh_token).unwrap();
         assert_eq!(second.session_id, first.session_id, "same session");
-        assert!(s.verify(&second.access_token).unwrap().mfa, "mfa carried over");
-        assert!(s.verify(&first.access_token).is_some(), "old access lives out its ttl");
+        assert!(
+            s.verify(&second.access_token).unwrap().mfa,
+            "mfa carried over"
+        );
+        assert!(
+            s.verify(&first.access_token).is_some(),
+            "old access lives out its ttl"
+        );
         // Another caller cannot spend it.
         assert_eq!(
             s.refresh("other", &second.refresh_token).unwrap_err(),
@@ -309,7 +315,10 @@ mod tests {
             short.refresh("bot", &t.refresh_token).unwrap_err(),
             RefreshError::Invalid
         );
-        assert!(short.start("bot", false).is_some(), "expired sessions make room");
+        assert!(
+            short.start("bot", false).is_some(),
+            "expired sessions make room"
+        );
         assert!(s.verify("pc_at_made-up").is_none());
         s.revoke_caller("bot");
         assert!(s.is_empty());
@@ -320,6 +329,9 @@ mod tests {
         let s = sessions();
         let t = s.start("bot", false).unwrap();
         let d = format!("{t:?}");
-        assert!(!d.contains(&t.access_token) && !d.contains(&t.refresh_token), "{d}");
+        assert!(
+            !d.contains(&t.access_token) && !d.contains(&t.refresh_token),
+            "{d}"
+        );
     }
 }

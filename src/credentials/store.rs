@@ -295,6 +295,36 @@ impl TokenStore {
         let bytes = self.seal(tokens)?;
         write_atomically(&self.path, &bytes).map_err(|e| StoreError::Io(self.path.clone(), e))
     }
+
+    /// An exclusive advisory lock on `<store>.lock`, held by every writer
+    /// (`token init`, `token rekey`, the proxy after a refresh) across its
+    /// check-and-write, so two writers never interleave. Released on drop.
+    pub fn lock(&self) -> Result<std::fs::File, StoreError> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = opts
+            .open(&path)
+            .map_err(|e| StoreError::Io(path.clone(), e))?;
+        f.lock().map_err(|e| StoreError::Io(path, e))?;
+        Ok(f)
+    }
+
+    /// What the file holds now, for noticing changes: SHA-256 of its bytes
+    /// (`None` when absent). Length and mtime can miss a same-size rewrite
+    /// within one clock tick; the content cannot.
+    pub fn stamp(&self) -> Option<[u8; 32]> {
+        std::fs::read(&self.path)
+            .ok()
+            .map(|b| crate::keys::hash_key(&b))
+    }
 }
 
 trait Classify {

@@ -1,73 +1,153 @@
-//! Identity stage: who is calling. First form: proxy-issued API keys,
-//! presented as `Authorization: Bearer <key>` — the slot where Schwab clients
-//! put their access token, so an unmodified client works by storing the proxy
-//! key in its token file.
+//! Identity stage: who is calling. Callers present, as `Authorization:
+//! Bearer <…>` — the slot where Schwab clients put their access token, so an
+//! unmodified client works by storing it in its token file — either a
+//! proxy-issued API key, or a short-lived proxy access token from the
+//! proxy's token endpoint (`pc_at_…`, see `credentials::sessions`).
 
 use std::sync::Arc;
 
 use crate::config::{CallerConfig, Role};
+use crate::credentials::sessions::{ACCESS_PREFIX, Sessions};
+use crate::credentials::totp::Totp;
 use crate::keys;
 use crate::reject::Reject;
 
-/// An identified caller.
+/// A configured caller.
 #[derive(Debug)]
 pub struct Caller {
     pub id: Arc<str>,
     pub role: Role,
+    /// Second factor for the token endpoint (humans).
+    pub totp: Option<Totp>,
+    /// The API key works only as a client secret at the token endpoint.
+    pub require_token: bool,
+}
+
+/// Who a request is from, and how they proved it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub caller: Arc<Caller>,
+    /// The proxy session (token endpoint) the request belongs to, if any.
+    pub session_id: Option<Arc<str>>,
+    /// The session was established with a second factor.
+    pub mfa: bool,
 }
 
 /// Key hashes of every configured caller, with their expiry (Unix seconds).
 #[derive(Debug, Default)]
 pub struct Identities {
     entries: Vec<([u8; 32], Option<i64>, Arc<Caller>)>,
+    callers: Vec<Arc<Caller>>,
 }
 
 /// Longest bearer token we bother hashing; real ones are ~47 bytes.
 const MAX_TOKEN_LEN: usize = 512;
 
 impl Identities {
-    /// Builds the table from validated configuration (hashes already checked).
-    pub fn from_config(callers: &[CallerConfig]) -> Identities {
+    /// Builds the table from validated configuration (hashes already
+    /// checked), reading each caller's TOTP secret. The error names the
+    /// caller and the secret reference, never a value.
+    pub fn from_config(callers: &[CallerConfig]) -> Result<Identities, String> {
         let mut entries = Vec::new();
+        let mut all = Vec::new();
         for c in callers {
+            let totp = match &c.totp_secret {
+                None => None,
+                Some(r) => {
+                    let secret = crate::config::secret::resolve(r)
+                        .map_err(|e| format!("callers `{}`: totp_secret: {e}", c.id))?;
+                    Some(
+                        Totp::from_base32(&secret)
+                            .map_err(|e| format!("callers `{}`: totp_secret {r}: {e}", c.id))?,
+                    )
+                }
+            };
             let caller = Arc::new(Caller {
                 id: Arc::from(c.id.as_str()),
                 role: c.role,
+                totp,
+                require_token: c.require_token,
             });
             for h in &c.key_hashes {
                 if let Some(hash) = keys::parse_hash(&h.hash) {
                     entries.push((hash, h.expires, caller.clone()));
                 }
             }
+            all.push(caller);
         }
-        Identities { entries }
+        Ok(Identities {
+            entries,
+            callers: all,
+        })
     }
 
-    /// Finds the caller for the request's `Authorization` header. The
-    /// presented key is hashed and compared with every stored hash in
-    /// constant time, with no early exit, so timing reveals nothing about
-    /// which (or whether a) key matched.
-    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Arc<Caller>, Reject> {
-        let value = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(Reject::Unauthenticated)?;
-        let token = bearer_token(value.as_bytes()).ok_or(Reject::Unauthenticated)?;
+    /// Finds the caller whose API key is `token`. Every stored hash is
+    /// compared in constant time, with no early exit, so timing reveals
+    /// nothing about which (or whether a) key matched.
+    fn by_key(&self, token: &[u8], only: Option<&str>) -> Option<Arc<Caller>> {
         let presented = keys::hash_key(token);
         let mut found: Option<&(_, Option<i64>, Arc<Caller>)> = None;
         for entry in &self.entries {
-            if keys::ct_eq(&entry.0, &presented) {
+            if keys::ct_eq(&entry.0, &presented) && only.is_none_or(|id| *entry.2.id == *id) {
                 found = Some(entry);
             }
         }
-        let (_, expires, caller) = found.ok_or(Reject::Unauthenticated)?;
+        let (_, expires, caller) = found?;
         if let Some(at) = expires
             && time::OffsetDateTime::now_utc().unix_timestamp() >= *at
         {
             // Worth an operator's attention: a bot still uses a rotated-out key.
             tracing::warn!(caller = &*caller.id, "a caller presented an expired key");
+            return None;
+        }
+        Some(caller.clone())
+    }
+
+    /// The caller with this id, if configured.
+    pub fn caller(&self, id: &str) -> Option<Arc<Caller>> {
+        self.callers.iter().find(|c| &*c.id == id).cloned()
+    }
+
+    /// Client authentication at the token endpoint: `client_id` is the
+    /// caller id, `client_secret` one of its API keys.
+    pub fn authenticate_client(&self, client_id: &str, secret: &[u8]) -> Option<Arc<Caller>> {
+        if secret.is_empty() || secret.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        self.by_key(secret, Some(client_id))
+    }
+
+    /// Identifies the request's `Authorization: Bearer` credential: a proxy
+    /// access token (looked up in `sessions`) or an API key.
+    pub fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        sessions: &Sessions,
+    ) -> Result<Identity, Reject> {
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(Reject::Unauthenticated)?;
+        let token = bearer_token(value.as_bytes()).ok_or(Reject::Unauthenticated)?;
+        if token.starts_with(ACCESS_PREFIX.as_bytes()) {
+            let text = std::str::from_utf8(token).map_err(|_| Reject::Unauthenticated)?;
+            let grant = sessions.verify(text).ok_or(Reject::Unauthenticated)?;
+            // A caller removed from the configuration loses its sessions.
+            let caller = self.caller(&grant.caller).ok_or(Reject::Unauthenticated)?;
+            return Ok(Identity {
+                caller,
+                session_id: Some(grant.session_id),
+                mfa: grant.mfa,
+            });
+        }
+        let caller = self.by_key(token, None).ok_or(Reject::Unauthenticated)?;
+        if caller.require_token {
             return Err(Reject::Unauthenticated);
         }
-        Ok(caller.clone())
+        Ok(Identity {
+            caller,
+            session_id: None,
+            mfa: false,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -99,6 +179,8 @@ mod tests {
 
     fn ids() -> Identities {
         Identities::from_config(&[CallerConfig {
+            totp_secret: None,
+            require_token: false,
             id: "bot".into(),
             role: Role::Trader,
             key_hashes: vec![
@@ -114,6 +196,16 @@ mod tests {
             ],
             accounts: Vec::new(),
         }])
+        .unwrap()
+    }
+
+    fn who(i: &Identities, h: &http::HeaderMap) -> Result<Arc<str>, Reject> {
+        let s = Sessions::new(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+            10,
+        );
+        i.identify(h, &s).map(|id| id.caller.id.clone())
     }
 
     fn hdr(v: &str) -> http::HeaderMap {
@@ -125,9 +217,12 @@ mod tests {
     #[test]
     fn identifies_known_key_only() {
         let i = ids();
-        assert_eq!(&*i.identify(&hdr("Bearer k-1")).unwrap().id, "bot");
-        assert_eq!(&*i.identify(&hdr("bearer k-1")).unwrap().id, "bot");
-        assert_eq!(&*i.identify(&hdr("Bearer k-next")).unwrap().id, "bot");
+        assert_eq!(&*who(&i, &hdr("Bearer k-1")).unwrap(), "bot");
+        assert_eq!(&*who(&i, &hdr("bearer k-1")).unwrap(), "bot");
+        assert_eq!(&*who(&i, &hdr("Bearer k-next")).unwrap(), "bot");
+        assert!(i.authenticate_client("bot", b"k-1").is_some());
+        assert!(i.authenticate_client("other", b"k-1").is_none());
+        assert!(i.authenticate_client("bot", b"k-old").is_none());
         for bad in [
             "Bearer k-old",
             "Bearer k-2",
@@ -138,13 +233,14 @@ mod tests {
             "Bearer  k-1",
         ] {
             assert_eq!(
-                i.identify(&hdr(bad)).unwrap_err(),
+                who(&i, &hdr(bad)).unwrap_err(),
                 Reject::Unauthenticated,
                 "{bad}"
             );
         }
-        assert!(i.identify(&http::HeaderMap::new()).is_err());
+        assert!(who(&i, &http::HeaderMap::new()).is_err());
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
-        assert!(i.identify(&hdr(&long)).is_err());
+        assert!(who(&i, &hdr(&long)).is_err());
+        assert!(who(&i, &hdr("Bearer pc_at_unknown")).is_err());
     }
 }

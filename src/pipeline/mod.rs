@@ -33,7 +33,7 @@ use crate::config::{Environment, Limits};
 use crate::policy::{Decision, DecisionInput, Engine, Resource};
 use crate::reject::{BadRequest, Reject};
 use body::{BoxError, ProxyBody};
-use identity::{Caller, Identities};
+use identity::{Caller, Identities, Identity};
 use route::{BodyKind, RouteError, RouteMatch, RouteTable};
 use upstream::Upstream;
 
@@ -44,6 +44,10 @@ pub struct RequestCtx {
     pub peer: SocketAddr,
     pub started: Instant,
     pub caller: Option<Arc<Caller>>,
+    /// The proxy session (token endpoint), if the caller used a proxy token.
+    pub session_id: Option<Arc<str>>,
+    /// The caller's session proved a second factor.
+    pub mfa: bool,
     pub route: Option<RouteMatch>,
     pub upstream_status: Option<StatusCode>,
     pub upstream_latency: Option<Duration>,
@@ -63,6 +67,8 @@ impl RequestCtx {
             peer,
             started: Instant::now(),
             caller: None,
+            session_id: None,
+            mfa: false,
             route: None,
             upstream_status: None,
             upstream_latency: None,
@@ -100,6 +106,8 @@ pub struct Proxy {
     pub routes: RouteTable,
     /// Replaced when the configuration's key hashes are reloaded.
     pub identities: crate::swap::Swap<Identities>,
+    /// Sessions of proxy-issued tokens.
+    pub sessions: Arc<crate::credentials::sessions::Sessions>,
     pub upstream: Upstream,
     /// Where `Authorization: Bearer <Schwab access token>` comes from.
     pub upstream_auth: crate::credentials::UpstreamAuth,
@@ -175,10 +183,18 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// Who is calling: a proxy access token or an API key.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Reject> {
+        self.identities.load().identify(headers, &self.sessions)
+    }
+
     /// The synchronous front of the pipeline: header sanity, identity, route.
     pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
         check_request_headers(&parts.headers)?;
-        ctx.caller = Some(self.identities.load().identify(&parts.headers)?);
+        let who = self.identify(&parts.headers)?;
+        ctx.caller = Some(who.caller);
+        ctx.session_id = who.session_id;
+        ctx.mfa = who.mfa;
         let path = parts.uri.path();
         if let Some(q) = parts.uri.query() {
             route::check_query(q).map_err(route_reject)?;
@@ -268,8 +284,13 @@ impl Proxy {
             Some(hash) => Resource::Account(hash),
             None => Resource::Api,
         };
+        let who = Identity {
+            caller: caller.clone(),
+            session_id: ctx.session_id.clone(),
+            mfa: ctx.mfa,
+        };
         let decision = self.authorize(
-            &caller.id,
+            &who,
             &route.action,
             resource,
             ctx.peer,
@@ -288,24 +309,27 @@ impl Proxy {
     /// One authorization decision, for the proxy path and the admin
     /// endpoints alike: the active set decides, the shadow set (if any) is
     /// compared, and the decision is counted.
+    /// `request_id` stands in for the session id of a caller without a
+    /// proxy session (API key).
     pub fn authorize(
         &self,
-        caller: &str,
+        who: &Identity,
         action: &str,
         resource: Resource<'_>,
         peer: SocketAddr,
-        session_id: &str,
+        request_id: &str,
         order: Option<&order::OrderSummary>,
     ) -> Decision {
+        let caller: &str = &who.caller.id;
         let input = DecisionInput {
             caller,
             action,
             resource,
             client_ip: peer.ip(),
             time: time::OffsetDateTime::now_utc(),
-            mfa: false,
+            mfa: who.mfa,
             environment: self.environment.as_str(),
-            session_id,
+            session_id: who.session_id.as_deref().unwrap_or(request_id),
             order,
         };
         let decision = self.policy.decide(&input);
