@@ -16,6 +16,10 @@ use crate::{Listeners, StartError};
 
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
 
+/// The demo Super Admin's TOTP secret (base32), published in the README so
+/// the MFA flow can be tried by hand.
+pub const DEMO_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXP";
+
 /// Where the demo listens. Defaults: proxy 127.0.0.1:8443, simulator
 /// 127.0.0.1:8444, admin 127.0.0.1:9464. Tests use port 0.
 #[derive(Debug, Clone)]
@@ -195,6 +199,7 @@ pub async fn start_with(
             "token-store.key",
             secrecy::ExposeSecret::expose_secret(&store_key),
         ),
+        ("superadmin-totp", DEMO_TOTP_SECRET),
     ] {
         let path = opts.dir.join(name);
         write_private(&path, value.as_bytes())

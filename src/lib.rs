@@ -243,6 +243,7 @@ pub async fn serve_prepared(
         metrics: proxy.metrics.clone(),
         ready: AtomicBool::new(false),
         proxy: proxy.clone(),
+        live: prepared.live.clone(),
     });
     spawn_reloaders(&config, &prepared.live, &shutdown);
     if let credentials::UpstreamAuth::Managed(m) = &proxy.upstream_auth {

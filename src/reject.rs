@@ -33,6 +33,9 @@ pub enum Reject {
     UpstreamTimeout,
     /// No valid Schwab credential to inject.
     UpstreamCredentials,
+    /// The proxy's token endpoint refused a grant (the OAuth error code);
+    /// answered in the OAuth error shape, recorded like other rejections.
+    TokenGrant(&'static str),
     /// A bug or an unexpected state; fail closed.
     Internal,
 }
@@ -60,6 +63,9 @@ impl Reject {
             Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::UpstreamCredentials => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::TokenGrant("invalid_client") => StatusCode::UNAUTHORIZED,
+            Reject::TokenGrant("temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +88,7 @@ impl Reject {
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamCredentials => "upstream_credentials_unavailable",
+            Reject::TokenGrant(code) => code,
             Reject::Internal => "internal_error",
         }
     }
@@ -107,6 +114,7 @@ impl Reject {
             Reject::UpstreamUnavailable => "the broker API could not be reached",
             Reject::UpstreamTimeout => "the broker API did not answer in time",
             Reject::UpstreamCredentials => "the proxy has no valid broker credentials",
+            Reject::TokenGrant(_) => "the token request was refused",
             Reject::Internal => "internal error",
         }
     }

@@ -80,7 +80,7 @@ async fn unmatched_route_is_404_and_never_forwarded() {
     for path in [
         "/trader/v1/nothing",
         "/trader/v2/accounts",
-        "/v1/oauth/token",
+        "/v1/oauth/authorize?client_id=x&redirect_uri=https://127.0.0.1",
         "/__sim/journal",
         "/",
         "/trader/v1/userPreference/",
@@ -93,6 +93,9 @@ async fn unmatched_route_is_404_and_never_forwarded() {
         .send("PATCH", "/trader/v1/accounts", Some(VIEWER), None)
         .await;
     assert_eq!(r.status, 404);
+    // The token endpoint is the proxy's own (POST only), never Schwab's.
+    let r = h.send("GET", "/v1/oauth/token", Some(VIEWER), None).await;
+    assert_eq!(r.status, 405);
     assert!(h.journal().is_empty());
 }
 

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     pub upstream_token_expiry: IntGaugeVec,
     pub upstream_token_refreshes: IntCounterVec,
+    pub token_grants: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -119,6 +120,13 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let token_grants = IntCounterVec::new(
+            Opts::new(
+                "token_grants_total",
+                "Proxy token endpoint requests, by grant type and outcome (issued or the OAuth error code)",
+            ),
+            &["grant", "outcome"],
+        )?;
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -135,6 +143,7 @@ impl Metrics {
             Box::new(policy_info.clone()),
             Box::new(upstream_token_expiry.clone()),
             Box::new(upstream_token_refreshes.clone()),
+            Box::new(token_grants.clone()),
             Box::new(build),
         ] {
             registry.register(c)?;
@@ -154,6 +163,7 @@ impl Metrics {
             policy_info,
             upstream_token_expiry,
             upstream_token_refreshes,
+            token_grants,
         })
     }
 

@@ -21,6 +21,8 @@ pub struct Admin {
     /// True once every listener is up and the upstream credential is loaded.
     pub ready: AtomicBool,
     pub proxy: Arc<Proxy>,
+    /// The reloadable secrets (credential management).
+    pub live: Arc<crate::reload::Live>,
 }
 
 impl Admin {
@@ -28,6 +30,9 @@ impl Admin {
         let path = req.uri().path();
         if path == "/policies/reload" {
             return self.reload(&req, peer).await;
+        }
+        if path == "/credentials/status" || path == "/credentials/reload" {
+            return self.credentials(&req, peer).await;
         }
         if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             return error_response(
@@ -76,6 +81,116 @@ impl Admin {
 }
 
 impl Admin {
+    /// Identifies the caller (API key or proxy token) and asks Cedar whether
+    /// it may do `action` on the proxy: `None` if so, else the refusal.
+    fn refusal<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        action: &str,
+        rid: &str,
+    ) -> Option<Response<ProxyBody>> {
+        let who = match self.proxy.identify(req.headers()) {
+            Ok(w) => w,
+            Err(r) => return Some(r.into_response(rid)),
+        };
+        let decision = self
+            .proxy
+            .authorize(&who, action, Resource::Proxy, peer, rid, None);
+        tracing::info!(
+            caller = &*who.caller.id,
+            action,
+            mfa = who.mfa,
+            allowed = decision.allowed,
+            policies = %decision.policies.join(","),
+            "admin request"
+        );
+        (!decision.allowed).then(|| {
+            Reject::Forbidden.into_detailed_response(rid, decision.reason.as_deref(), None)
+        })
+    }
+
+    /// `GET /credentials/status` (`ViewCredentialStatus`): expiries and key
+    /// ids, never a secret. `POST /credentials/reload` (`RotateCredentials`):
+    /// re-reads the configuration's secrets now, as SIGHUP does. Both are
+    /// credential management: Super Admin, with MFA.
+    async fn credentials<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
+        let rid = crate::pipeline::new_request_id();
+        let (want, action) = if req.uri().path() == "/credentials/status" {
+            (http::Method::GET, "ViewCredentialStatus")
+        } else {
+            (http::Method::POST, "RotateCredentials")
+        };
+        if req.method() != want {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                if want == http::Method::GET {
+                    "use GET"
+                } else {
+                    "use POST"
+                },
+                &rid,
+            );
+        }
+        if let Some(denied) = self.refusal(req, peer, action, &rid) {
+            return denied;
+        }
+        if action == "RotateCredentials" {
+            return match self.live.reload("admin").await {
+                Ok(a) => json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "reloaded": true,
+                        "certificates": a.certificates,
+                        "callers": a.callers,
+                        "needs_restart": a.needs_restart,
+                    })
+                    .to_string(),
+                ),
+                // The message names files and references, never values.
+                Err(e) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"reloaded": false, "error": e, "request_id": rid})
+                        .to_string(),
+                ),
+            };
+        }
+        let rfc3339 = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+        };
+        let upstream = match &self.proxy.upstream_auth {
+            crate::credentials::UpstreamAuth::Static(_) => {
+                serde_json::json!({"kind": "fixed_access_token", "ready": true})
+            }
+            crate::credentials::UpstreamAuth::Managed(m) => {
+                let (access, refresh) = m.expiries().unwrap_or((0, 0));
+                serde_json::json!({
+                    "kind": "token_store",
+                    "ready": m.ready(),
+                    "store": m.store().path().display().to_string(),
+                    "store_key_id": m.store().key_id(),
+                    "access_token_expires_at": rfc3339(access),
+                    "refresh_token_expires_at": rfc3339(refresh),
+                })
+            }
+        };
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "upstream": upstream,
+                "caller_keys": self.proxy.identities.load().len(),
+                "proxy_sessions": self.proxy.sessions.len(),
+            })
+            .to_string(),
+        )
+    }
+
     /// `POST /policies/reload`: the caller is identified by its key and the
     /// reload is itself a Cedar decision (`ReloadPolicies` on the proxy).
     async fn reload<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
@@ -88,21 +203,8 @@ impl Admin {
                 &rid,
             );
         }
-        let who = match self.proxy.identify(req.headers()) {
-            Ok(c) => c,
-            Err(r) => return r.into_response(&rid),
-        };
-        let caller = &who.caller;
-        let decision =
-            self.proxy
-                .authorize(&who, "ReloadPolicies", Resource::Proxy, peer, &rid, None);
-        tracing::info!(caller = %caller.id, allowed = decision.allowed, policies = %decision.policies.join(","), "policy reload requested");
-        if !decision.allowed {
-            return Reject::Forbidden.into_detailed_response(
-                &rid,
-                decision.reason.as_deref(),
-                None,
-            );
+        if let Some(denied) = self.refusal(req, peer, "ReloadPolicies", &rid) {
+            return denied;
         }
         let p = self.proxy.clone();
         let result = tokio::task::spawn_blocking(move || p.reload_policies("admin")).await;

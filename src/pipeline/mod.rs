@@ -17,6 +17,7 @@ pub mod headers;
 pub mod identity;
 pub mod order;
 pub mod route;
+pub mod token;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct RequestCtx {
     /// The authorization decision, once made.
     pub decision: Option<Decision>,
     pub rejected: Option<Reject>,
+    /// Answered by the proxy itself (the token endpoint), not a route.
+    pub endpoint: Option<&'static str>,
     /// Request-specific text for the error body (the order parser's message).
     pub detail: Option<String>,
 }
@@ -75,6 +78,7 @@ impl RequestCtx {
             order: None,
             decision: None,
             rejected: None,
+            endpoint: None,
             detail: None,
         }
     }
@@ -170,6 +174,11 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        if parts.uri.path() == token::TOKEN_PATH {
+            check_request_headers(&parts.headers)?;
+            ctx.endpoint = Some("oauth_token");
+            return Ok(self.token_endpoint(ctx, &parts, body).await);
+        }
         self.admit(ctx, &parts)?;
         let body = self.read_body(ctx, &parts.headers, body).await?;
         self.parse_order(ctx, &parts.headers, &body)?;
@@ -421,12 +430,16 @@ impl Proxy {
                 let r = self.routes.get(m);
                 (&*r.name, &*r.action)
             }
-            None => ("none", "none"),
+            None => match ctx.endpoint {
+                Some(e) => (e, "IssueToken"),
+                None => ("none", "none"),
+            },
         };
         let outcome = match (cancelled, ctx.rejected, ctx.upstream_status) {
             (true, _, _) => "cancelled",
             (false, Some(_), _) => "rejected",
             (false, None, Some(_)) => "forwarded",
+            (false, None, None) if ctx.endpoint.is_some() => "answered",
             (false, None, None) => "error",
         };
         let elapsed = ctx.started.elapsed();
@@ -451,6 +464,7 @@ impl Proxy {
             method = %method,
             route = route_name,
             caller = ctx.caller.as_ref().map(|c| &*c.id).unwrap_or("-"),
+            session_id = ctx.session_id.as_deref(),
             status = status.as_u16(),
             upstream_status = ctx.upstream_status.map(|s| s.as_u16()),
             reason = ctx.rejected.map(|r| r.code()),

@@ -843,7 +843,7 @@ mod tests {
         let rotate = ids(a.policies_for("RotateCredentials"));
         assert_eq!(
             rotate,
-            ["guard-mfa-for-credentials", "superadmin-credentials"]
+            ["mfa-for-credentials-and-resume", "superadmin-credentials"]
         );
         // Every action of the schema has a slice; an unknown one gets the
         // whole set.

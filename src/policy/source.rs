@@ -44,10 +44,6 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "guards/trading-ip-range.cedar",
         include_str!("../../policies/guards/trading-ip-range.cedar"),
     ),
-    (
-        "guards/mfa-for-credentials.cedar",
-        include_str!("../../policies/guards/mfa-for-credentials.cedar"),
-    ),
 ];
 
 /// One problem with a policy set, located where possible.

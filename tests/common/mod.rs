@@ -147,11 +147,39 @@ impl Harness {
         send_on(&self.client, req).await
     }
 
+    /// POSTs a form (`application/x-www-form-urlencoded`) through the proxy
+    /// with the given `Authorization` value.
+    pub async fn post_form(&self, path: &str, authorization: Option<&str>, form: &str) -> Reply {
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost:{}{}", self.proxy.port(), path))
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(a) = authorization {
+            b = b.header("authorization", a);
+        }
+        let req = b
+            .body(Full::new(Bytes::from(form.to_owned())))
+            .expect("request");
+        send_on(&self.client, req).await
+    }
+
     /// GET on the admin listener (plain HTTP).
     pub async fn admin_get(&self, path: &str) -> Reply {
         let resp = raw_plain(
             self.admin,
             &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        parse_raw(&resp)
+    }
+
+    /// GET on the admin listener with a bearer credential.
+    pub async fn admin_get_as(&self, path: &str, key: &str) -> Reply {
+        let resp = raw_plain(
+            self.admin,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+            ),
         )
         .await;
         parse_raw(&resp)
