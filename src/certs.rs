@@ -63,6 +63,29 @@ impl DevCa {
     }
 }
 
+impl DevCa {
+    /// A client certificate (mTLS) with the given SAN DNS names.
+    pub fn client(&self, names: &[&str]) -> Result<Leaf, rcgen::Error> {
+        let sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(30);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// Names on the simulator's certificate: loopback, and the real Schwab host
 /// so the DNS-override way of pointing clients works in the demo too.
 pub const SIM_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1", "api.schwabapi.com"];

@@ -359,7 +359,7 @@ mod tests {
                 http::header::AUTHORIZATION,
                 format!("Bearer {key}").parse().unwrap(),
             );
-            let caller = ids.identify(&h, &sessions).unwrap().caller;
+            let caller = ids.identify(&h, &sessions, None).unwrap().caller;
             assert_eq!(&*caller.id, id);
             assert_eq!(caller.role.as_str(), role);
         }

@@ -145,7 +145,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         let fail = |e: server::tls::TlsError| StartError::Load(format!("listen[{i}].tls: {e}"));
         let cert = server::tls::ReloadableCert::from_files(&files.cert_file, &files.key_file)
             .map_err(fail)?;
-        tls.push(Some(TlsAcceptor::from(cert.server_config().map_err(fail)?)));
+        let client_ca = files
+            .client_ca_file
+            .as_deref()
+            .map(|ca| (ca, files.client_cert == config::ClientCertMode::Required));
+        tls.push(Some(TlsAcceptor::from(
+            cert.server_config(client_ca).map_err(fail)?,
+        )));
         certs.push(Some(cert));
     }
 

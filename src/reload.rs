@@ -239,8 +239,12 @@ fn reloadable_view(running: &Config, next: &Config) -> Config {
                 c.key_hashes = n.key_hashes.clone();
                 c.totp_secret = n.totp_secret.clone();
                 c.require_token = n.require_token;
+                c.client_cert_names = n.client_cert_names.clone();
             }
-            None => c.key_hashes.clear(),
+            None => {
+                c.key_hashes.clear();
+                c.client_cert_names.clear();
+            }
         }
     }
     e.upstream.access_token = next.upstream.access_token.clone();
@@ -250,10 +254,11 @@ fn reloadable_view(running: &Config, next: &Config) -> Config {
     e.schwab.callback_url = next.schwab.callback_url.clone();
     for l in &mut e.listen {
         if let Some(n) = next.listen.iter().find(|n| n.address == l.address)
-            && l.tls.is_some()
-            && n.tls.is_some()
+            && let (Some(running), Some(next)) = (&mut l.tls, &n.tls)
         {
-            l.tls = n.tls.clone();
+            // The certificate and key; the client CA needs a restart.
+            running.cert_file = next.cert_file.clone();
+            running.key_file = next.key_file.clone();
         }
     }
     e
@@ -288,11 +293,17 @@ fn restart_only_changes(running: &Config, next: &Config) -> Vec<String> {
     let listeners = |c: &Config| {
         c.listen
             .iter()
-            .map(|l| (l.address, l.tls.is_some()))
+            .map(|l| {
+                let mtls = l
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.client_ca_file.clone(), t.client_cert));
+                (l.address, l.tls.is_some(), mtls)
+            })
             .collect::<Vec<_>>()
     };
     if listeners(running) != listeners(next) || d(&running.admin) != d(&next.admin) {
-        out.push("listeners or the admin listener".into());
+        out.push("listeners (addresses, TLS on or off, client CA) or the admin listener".into());
     }
     let mut next_upstream = next.upstream.clone();
     next_upstream.access_token = same_after_reload.upstream.access_token.clone();

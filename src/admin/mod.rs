@@ -90,7 +90,7 @@ impl Admin {
         action: &str,
         rid: &str,
     ) -> Option<Response<ProxyBody>> {
-        let who = match self.proxy.identify(req.headers()) {
+        let who = match self.proxy.identify(req.headers(), req.extensions()) {
             Ok(w) => w,
             Err(r) => return Some(r.into_response(rid)),
         };

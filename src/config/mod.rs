@@ -157,6 +157,23 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// mTLS: PEM CA certificate(s) client certificates must chain to. A
+    /// verified certificate whose SAN is in a caller's `client_cert_names`
+    /// identifies that caller.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (no certificate, no connection) or
+    /// `optional` (clients without one authenticate by bearer credential).
+    #[serde(default)]
+    pub client_cert: ClientCertMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -484,6 +501,10 @@ pub struct CallerConfig {
     /// token endpoint; requests must carry a short-lived proxy token.
     #[serde(default)]
     pub require_token: bool,
+    /// mTLS: subject alternative names (DNS names or URIs such as SPIFFE
+    /// ids) of client certificates that identify this caller.
+    #[serde(default)]
+    pub client_cert_names: Vec<String>,
 }
 
 /// Proxy-issued tokens (`POST /v1/oauth/token` on the proxy listener).
@@ -957,6 +978,25 @@ impl Config {
             );
         }
 
+        let mut cert_names: Vec<&str> = Vec::new();
+        for (i, c) in self.callers.iter().enumerate() {
+            for (j, n) in c.client_cert_names.iter().enumerate() {
+                if n.is_empty() || n.len() > 253 || n.chars().any(|ch| ch.is_whitespace()) {
+                    issue(
+                        format!("callers[{i}].client_cert_names[{j}]"),
+                        "must be a DNS name or URI from a certificate's subject alternative names"
+                            .into(),
+                    );
+                }
+                if cert_names.contains(&n.as_str()) {
+                    issue(
+                        format!("callers[{i}].client_cert_names[{j}]"),
+                        format!("`{n}` names more than one caller"),
+                    );
+                }
+                cert_names.push(n);
+            }
+        }
         let demo_hashes = crate::keys::demo_key_hashes();
         let mut seen_hashes: Vec<[u8; 32]> = Vec::new();
         for (i, c) in self.callers.iter().enumerate() {

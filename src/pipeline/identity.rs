@@ -11,6 +11,7 @@ use crate::credentials::sessions::{ACCESS_PREFIX, Sessions};
 use crate::credentials::totp::Totp;
 use crate::keys;
 use crate::reject::Reject;
+use crate::server::ClientCert;
 
 /// A configured caller.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub struct Identity {
 pub struct Identities {
     entries: Vec<([u8; 32], Option<i64>, Arc<Caller>)>,
     callers: Vec<Arc<Caller>>,
+    /// mTLS: certificate SAN name → caller.
+    by_cert: std::collections::HashMap<String, Arc<Caller>>,
 }
 
 /// Longest bearer token we bother hashing; real ones are ~47 bytes.
@@ -50,6 +53,7 @@ impl Identities {
     pub fn from_config(callers: &[CallerConfig]) -> Result<Identities, String> {
         let mut entries = Vec::new();
         let mut all = Vec::new();
+        let mut by_cert = std::collections::HashMap::new();
         for c in callers {
             let totp = match &c.totp_secret {
                 None => None,
@@ -73,11 +77,15 @@ impl Identities {
                     entries.push((hash, h.expires, caller.clone()));
                 }
             }
+            for n in &c.client_cert_names {
+                by_cert.insert(n.clone(), caller.clone());
+            }
             all.push(caller);
         }
         Ok(Identities {
             entries,
             callers: all,
+            by_cert,
         })
     }
 
@@ -117,17 +125,41 @@ impl Identities {
         self.by_key(secret, Some(client_id))
     }
 
-    /// Identifies the request's `Authorization: Bearer` credential: a proxy
-    /// access token (looked up in `sessions`) or an API key.
+    /// Identifies the request: by its `Authorization: Bearer` credential (a
+    /// proxy access token, looked up in `sessions`, or an API key), and/or by
+    /// the connection's verified client certificate. When both are present
+    /// they must name the same caller.
     pub fn identify(
         &self,
         headers: &http::HeaderMap,
         sessions: &Sessions,
+        cert: Option<&ClientCert>,
     ) -> Result<Identity, Reject> {
-        let value = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(Reject::Unauthenticated)?;
-        let token = bearer_token(value.as_bytes()).ok_or(Reject::Unauthenticated)?;
+        let by_cert = cert.and_then(|c| c.0.iter().find_map(|n| self.by_cert.get(n)));
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return match by_cert {
+                Some(caller) => Ok(Identity {
+                    caller: caller.clone(),
+                    session_id: None,
+                    mfa: false,
+                }),
+                None => Err(Reject::Unauthenticated),
+            };
+        };
+        let who = self.by_bearer(value.as_bytes(), sessions)?;
+        if by_cert.is_some_and(|c| c.id != who.caller.id) {
+            tracing::warn!(
+                certificate = &*by_cert.map(|c| c.id.clone()).unwrap_or_default(),
+                bearer = &*who.caller.id,
+                "client certificate and bearer credential name different callers"
+            );
+            return Err(Reject::Unauthenticated);
+        }
+        Ok(who)
+    }
+
+    fn by_bearer(&self, value: &[u8], sessions: &Sessions) -> Result<Identity, Reject> {
+        let token = bearer_token(value).ok_or(Reject::Unauthenticated)?;
         if token.starts_with(ACCESS_PREFIX.as_bytes()) {
             let text = std::str::from_utf8(token).map_err(|_| Reject::Unauthenticated)?;
             let grant = sessions.verify(text).ok_or(Reject::Unauthenticated)?;
@@ -181,6 +213,7 @@ mod tests {
         Identities::from_config(&[CallerConfig {
             totp_secret: None,
             require_token: false,
+            client_cert_names: vec!["bot.example".into()],
             id: "bot".into(),
             role: Role::Trader,
             key_hashes: vec![
@@ -205,7 +238,7 @@ mod tests {
             std::time::Duration::from_secs(60),
             10,
         );
-        i.identify(h, &s).map(|id| id.caller.id.clone())
+        i.identify(h, &s, None).map(|id| id.caller.id.clone())
     }
 
     fn hdr(v: &str) -> http::HeaderMap {

@@ -192,15 +192,24 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// Who is calling: a proxy access token or an API key.
-    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Reject> {
-        self.identities.load().identify(headers, &self.sessions)
+    /// Who is calling: a proxy access token, an API key, or the
+    /// connection's client certificate (in the request's extensions).
+    pub fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Identity, Reject> {
+        self.identities.load().identify(
+            headers,
+            &self.sessions,
+            extensions.get::<crate::server::ClientCert>(),
+        )
     }
 
     /// The synchronous front of the pipeline: header sanity, identity, route.
     pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
         check_request_headers(&parts.headers)?;
-        let who = self.identify(&parts.headers)?;
+        let who = self.identify(&parts.headers, &parts.extensions)?;
         ctx.caller = Some(who.caller);
         ctx.session_id = who.session_id;
         ctx.mfa = who.mfa;

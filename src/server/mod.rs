@@ -38,6 +38,11 @@ pub type Handler = Arc<
         + Sync,
 >;
 
+/// The SAN names of the verified client certificate (mTLS) of the
+/// connection a request came on; in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<[String]>);
+
 /// Returned by a handler to drop the connection without answering.
 #[derive(Debug)]
 pub struct AbortConnection;
@@ -171,13 +176,18 @@ async fn serve_tcp(
     shutdown: Shutdown,
 ) {
     let Some(acceptor) = tls else {
-        return serve_io(tcp, false, peer, handler, opts, shutdown).await;
+        return serve_io(tcp, false, None, peer, handler, opts, shutdown).await;
     };
     let hs = tokio::time::timeout(opts.limits.tls_handshake_timeout.0, acceptor.accept(tcp)).await;
     match hs {
         Ok(Ok(stream)) => {
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_io(stream, h2, peer, handler, opts, shutdown).await;
+            let conn = stream.get_ref().1;
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            let cert = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCert(tls::client_cert_names(c).into()));
+            serve_io(stream, h2, cert, peer, handler, opts, shutdown).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -229,6 +239,7 @@ impl Drop for Busy {
 async fn serve_io<I>(
     io: I,
     h2: bool,
+    cert: Option<ClientCert>,
     peer: SocketAddr,
     handler: Handler,
     opts: &ServeOptions,
@@ -242,7 +253,10 @@ async fn serve_io<I>(
         last_ms: AtomicU64::new(0),
     });
     let act = activity.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
         let fut = handler(req, peer);
         // Counted until the handler finishes or is dropped (client gone).
         let busy = Busy::new(act.clone());

@@ -138,13 +138,40 @@ impl ReloadableCert {
         }
     }
 
-    /// The server configuration that serves this pair (ALPN h2, http/1.1).
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut cfg = ServerConfig::builder_with_provider(provider())
+    /// The server configuration that serves this pair (ALPN h2, http/1.1),
+    /// verifying client certificates against `client_ca` when given.
+    pub fn server_config(
+        self: &Arc<Self>,
+        client_ca: Option<(&Path, bool)>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
-            .map_err(|e| TlsError(format!("TLS setup: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some((ca, required)) => {
+                let mut roots = RootCertStore::empty();
+                for c in load_certs(ca)? {
+                    roots
+                        .add(c)
+                        .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                );
+                let verifier = if required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut cfg = builder.with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -201,4 +228,17 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> 
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(cfg)
+}
+
+/// The subject alternative names (DNS names and URIs) of a verified client
+/// certificate: what `client_cert_names` match.
+pub fn client_cert_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(ee) => ee
+            .valid_dns_names()
+            .chain(ee.valid_uri_names())
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }

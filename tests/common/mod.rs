@@ -291,12 +291,42 @@ pub fn tls_config(ca_pem: &str, alpn_h1: bool) -> rustls::ClientConfig {
     cfg
 }
 
+/// An HTTP/1.1 client that presents a client certificate (mTLS).
+pub fn client_with_cert(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("add ca");
+    }
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert pem");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+    let cfg = rustls::ClientConfig::builder_with_provider(portcullis::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client cert");
+    with_config(cfg, false)
+}
+
 fn client(
     ca_pem: &str,
     h2: bool,
 ) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    with_config(tls_config(ca_pem, false), h2)
+}
+
+fn with_config(
+    cfg: rustls::ClientConfig,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_pem, false))
+        .with_tls_config(cfg)
         .https_only();
     let https = if h2 {
         b.enable_http2().build()
