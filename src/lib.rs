@@ -174,6 +174,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         identities: swap::Swap::new(
             Identities::from_config(&config.callers).map_err(StartError::Load)?,
         ),
+        signature_window: config.signatures.window.0,
+        replay: pipeline::signature::ReplayCache::new(config.signatures.max_nonces),
         sessions: Arc::new(credentials::sessions::Sessions::new(
             config.tokens.access_ttl.0,
             config.tokens.refresh_ttl.0,

@@ -33,6 +33,8 @@ pub enum Reject {
     UpstreamTimeout,
     /// No valid Schwab credential to inject.
     UpstreamCredentials,
+    /// A caller that must sign sent no valid signature (the code says why).
+    Signature(&'static str),
     /// The proxy's token endpoint refused a grant (the OAuth error code);
     /// answered in the OAuth error shape, recorded like other rejections.
     TokenGrant(&'static str),
@@ -63,6 +65,7 @@ impl Reject {
             Reject::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::UpstreamCredentials => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Signature(_) => StatusCode::UNAUTHORIZED,
             Reject::TokenGrant("invalid_client") => StatusCode::UNAUTHORIZED,
             Reject::TokenGrant("temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
@@ -88,7 +91,7 @@ impl Reject {
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamCredentials => "upstream_credentials_unavailable",
-            Reject::TokenGrant(code) => code,
+            Reject::TokenGrant(code) | Reject::Signature(code) => code,
             Reject::Internal => "internal_error",
         }
     }
@@ -115,6 +118,10 @@ impl Reject {
             Reject::UpstreamTimeout => "the broker API did not answer in time",
             Reject::UpstreamCredentials => "the proxy has no valid broker credentials",
             Reject::TokenGrant(_) => "the token request was refused",
+            Reject::Signature(_) => {
+                "this caller must sign its requests (RFC 9421: @method, @target-uri, \
+                 content-digest; created, keyid, nonce); the signature is missing or not valid"
+            }
             Reject::Internal => "internal error",
         }
     }

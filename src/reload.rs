@@ -240,11 +240,13 @@ fn reloadable_view(running: &Config, next: &Config) -> Config {
                 c.totp_secret = n.totp_secret.clone();
                 c.require_token = n.require_token;
                 c.client_cert_names = n.client_cert_names.clone();
+                c.signing_keys = n.signing_keys.clone();
             }
             None => {
                 c.key_hashes.clear();
                 c.client_cert_names.clear();
-            }
+            } // (A removed caller keeps its signing keys: they authenticate
+              // nothing without a key or certificate.)
         }
     }
     e.upstream.access_token = next.upstream.access_token.clone();
@@ -324,6 +326,7 @@ fn restart_only_changes(running: &Config, next: &Config) -> Vec<String> {
         ("policies", d(&running.policies), d(&next.policies)),
         ("environment", d(&running.environment), d(&next.environment)),
         ("tokens", d(&running.tokens), d(&next.tokens)),
+        ("signatures", d(&running.signatures), d(&next.signatures)),
         ("logging", d(&running.logging), d(&next.logging)),
         ("reload", d(&running.reload), d(&next.reload)),
     ] {

@@ -52,6 +52,9 @@ pub struct Config {
     /// Short-lived proxy tokens for callers.
     #[serde(default)]
     pub tokens: TokensConfig,
+    /// Request signatures (callers with `signing_keys`).
+    #[serde(default)]
+    pub signatures: SignaturesConfig,
     /// The file this configuration was read from (not a key): a reload
     /// (SIGHUP) reads it again.
     #[serde(skip)]
@@ -505,6 +508,59 @@ pub struct CallerConfig {
     /// ids) of client certificates that identify this caller.
     #[serde(default)]
     pub client_cert_names: Vec<String>,
+    /// Request signing (RFC 9421): with any key here, every request of this
+    /// caller must be signed with one of them.
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKeyConfig>,
+}
+
+/// A caller's request-signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// The `keyid` the caller puts in `Signature-Input`.
+    pub keyid: String,
+    pub alg: SigningAlg,
+    /// `hmac-sha256`: the shared secret, base64, by secret reference.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+    /// `ed25519`: the public key, base64 of its 32 bytes or PEM (not a secret).
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlg {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+/// Request-signature checks for callers with signing keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturesConfig {
+    /// How far `created` may be from the proxy's clock, either way.
+    #[serde(default = "d5m")]
+    pub window: Dur,
+    /// Nonces remembered at once (memory bound); when full of live ones,
+    /// signed requests are refused rather than a nonce forgotten.
+    #[serde(default = "default_max_nonces")]
+    pub max_nonces: usize,
+}
+
+impl Default for SignaturesConfig {
+    fn default() -> Self {
+        SignaturesConfig {
+            window: d5m(),
+            max_nonces: default_max_nonces(),
+        }
+    }
+}
+
+fn default_max_nonces() -> usize {
+    1_000_000
 }
 
 /// Proxy-issued tokens (`POST /v1/oauth/token` on the proxy listener).
@@ -996,6 +1052,47 @@ impl Config {
                 }
                 cert_names.push(n);
             }
+        }
+        for (i, c) in self.callers.iter().enumerate() {
+            for (j, k) in c.signing_keys.iter().enumerate() {
+                let key = format!("callers[{i}].signing_keys[{j}]");
+                if k.keyid.is_empty() || k.keyid.len() > 128 || k.keyid.contains(['"', '\\']) {
+                    issue(
+                        format!("{key}.keyid"),
+                        "must be 1-128 characters, no quotes".into(),
+                    );
+                }
+                if c.signing_keys[..j].iter().any(|o| o.keyid == k.keyid) {
+                    issue(format!("{key}.keyid"), "listed twice".into());
+                }
+                match (k.alg, &k.secret, &k.public_key) {
+                    (SigningAlg::HmacSha256, Some(_), None) => {}
+                    (SigningAlg::Ed25519, None, Some(pk)) => {
+                        if let Err(m) = crate::pipeline::signature::VerifyKey::ed25519(pk) {
+                            issue(format!("{key}.public_key"), m.into());
+                        }
+                    }
+                    (SigningAlg::HmacSha256, _, _) => issue(
+                        key,
+                        "hmac-sha256 takes `secret` (a secret reference), not `public_key`".into(),
+                    ),
+                    (SigningAlg::Ed25519, _, _) => {
+                        issue(key, "ed25519 takes `public_key`, not `secret`".into())
+                    }
+                }
+            }
+        }
+        if !(10..=3600).contains(&self.signatures.window.0.as_secs()) {
+            issue(
+                "signatures.window".into(),
+                "must be between 10s and 1h".into(),
+            );
+        }
+        if !(1000..=100_000_000).contains(&self.signatures.max_nonces) {
+            issue(
+                "signatures.max_nonces".into(),
+                "must be between 1000 and 100000000".into(),
+            );
         }
         let demo_hashes = crate::keys::demo_key_hashes();
         let mut seen_hashes: Vec<[u8; 32]> = Vec::new();

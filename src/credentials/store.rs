@@ -84,7 +84,8 @@ impl StoreKey {
     }
 }
 
-fn decode_any_base64(text: &str) -> Option<Vec<u8>> {
+/// Base64 in any common alphabet (standard or URL-safe, padded or not).
+pub fn decode_any_base64(text: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
         .iter()

@@ -22,6 +22,8 @@ pub struct Caller {
     pub totp: Option<Totp>,
     /// The API key works only as a client secret at the token endpoint.
     pub require_token: bool,
+    /// Request-signing keys by key id; non-empty: every request signed.
+    pub signing_keys: Vec<(String, crate::pipeline::signature::VerifyKey)>,
 }
 
 /// Who a request is from, and how they proved it.
@@ -66,11 +68,16 @@ impl Identities {
                     )
                 }
             };
+            let mut signing_keys = Vec::new();
+            for k in &c.signing_keys {
+                signing_keys.push((k.keyid.clone(), signing_key(&c.id, k)?));
+            }
             let caller = Arc::new(Caller {
                 id: Arc::from(c.id.as_str()),
                 role: c.role,
                 totp,
                 require_token: c.require_token,
+                signing_keys,
             });
             for h in &c.key_hashes {
                 if let Some(hash) = keys::parse_hash(&h.hash) {
@@ -191,6 +198,35 @@ impl Identities {
     }
 }
 
+/// Loads one signing key: an HMAC secret (base64, by secret reference) or
+/// an Ed25519 public key.
+fn signing_key(
+    caller: &str,
+    k: &crate::config::SigningKeyConfig,
+) -> Result<crate::pipeline::signature::VerifyKey, String> {
+    use crate::pipeline::signature::VerifyKey;
+    let at = || format!("callers `{caller}`: signing key `{}`", k.keyid);
+    match (k.alg, &k.secret, &k.public_key) {
+        (crate::config::SigningAlg::HmacSha256, Some(r), _) => {
+            let secret = crate::config::secret::resolve(r).map_err(|e| format!("{}: {e}", at()))?;
+            let bytes = zeroize::Zeroizing::new(
+                crate::credentials::store::decode_any_base64(
+                    secrecy::ExposeSecret::expose_secret(&secret).trim(),
+                )
+                .ok_or_else(|| format!("{}: the secret {r} is not base64", at()))?,
+            );
+            if bytes.len() < 32 {
+                return Err(format!("{}: the secret {r} is shorter than 32 bytes", at()));
+            }
+            Ok(VerifyKey::hmac(&bytes))
+        }
+        (crate::config::SigningAlg::Ed25519, _, Some(pk)) => {
+            VerifyKey::ed25519(pk).map_err(|e| format!("{}: {e}", at()))
+        }
+        _ => Err(format!("{}: no key material", at())),
+    }
+}
+
 /// Extracts the token of `Bearer <token>` (scheme case-insensitive, RFC 6750
 /// token68 characters only).
 fn bearer_token(v: &[u8]) -> Option<&[u8]> {
@@ -214,6 +250,7 @@ mod tests {
             totp_secret: None,
             require_token: false,
             client_cert_names: vec!["bot.example".into()],
+            signing_keys: Vec::new(),
             id: "bot".into(),
             role: Role::Trader,
             key_hashes: vec![

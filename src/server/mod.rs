@@ -43,6 +43,10 @@ pub type Handler = Arc<
 #[derive(Debug, Clone)]
 pub struct ClientCert(pub Arc<[String]>);
 
+/// Marks requests that arrived over TLS (in the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
 /// Returned by a handler to drop the connection without answering.
 #[derive(Debug)]
 pub struct AbortConnection;
@@ -176,7 +180,7 @@ async fn serve_tcp(
     shutdown: Shutdown,
 ) {
     let Some(acceptor) = tls else {
-        return serve_io(tcp, false, None, peer, handler, opts, shutdown).await;
+        return serve_io(tcp, false, false, None, peer, handler, opts, shutdown).await;
     };
     let hs = tokio::time::timeout(opts.limits.tls_handshake_timeout.0, acceptor.accept(tcp)).await;
     match hs {
@@ -187,7 +191,7 @@ async fn serve_tcp(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| ClientCert(tls::client_cert_names(c).into()));
-            serve_io(stream, h2, cert, peer, handler, opts, shutdown).await;
+            serve_io(stream, h2, true, cert, peer, handler, opts, shutdown).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -236,9 +240,11 @@ impl Drop for Busy {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     io: I,
     h2: bool,
+    secure: bool,
     cert: Option<ClientCert>,
     peer: SocketAddr,
     handler: Handler,
@@ -256,6 +262,9 @@ async fn serve_io<I>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         if let Some(c) = &cert {
             req.extensions_mut().insert(c.clone());
+        }
+        if secure {
+            req.extensions_mut().insert(Secure);
         }
         let fut = handler(req, peer);
         // Counted until the handler finishes or is dropped (client gone).
