@@ -20,12 +20,21 @@ pub use writer::LogGuard;
 /// dropping it writes what is pending. `None` when a subscriber was already
 /// installed (tests, the demo starting twice) or no thread could be started.
 pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
+    init_to(format, level, std::io::stderr())
+}
+
+/// [`init`] writing to `out` instead of stderr (tests capture the log).
+pub fn init_to<W: std::io::Write + Send + 'static>(
+    format: LogFormat,
+    level: &str,
+    out: W,
+) -> Option<LogGuard> {
     let filter = std::env::var("PORTCULLIS_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let (writer, guard) = writer::spawn(std::io::stderr()).ok()?;
+    let (writer, guard) = writer::spawn(out).ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -1,0 +1,271 @@
+//! Secrets never leak: a session that exercises every credential path —
+//! API keys, proxy tokens (grant, refresh, reuse), TOTP, request signing,
+//! Schwab token refreshes, a failed refresh, a rotation, the admin
+//! credential endpoints, bad input of every kind — with the log captured at
+//! debug level (trace for portcullis), then every secret the test set up or
+//! saw is searched for in the log, every response (headers and body) and
+//! the metrics.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Harness, SUPERADMIN, TRADER, VIEWER};
+use portcullis::config::{LogFormat, SigningAlg, SigningKeyConfig};
+use portcullis::sim::SimOptions;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const SIGNING_SECRET: &[u8] = b"signing-secret-0123456789abcdef-0123456789";
+const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_a_response_or_a_metric() {
+    let log = Captured::default();
+    let guard =
+        portcullis::telemetry::init_to(LogFormat::Json, "debug,portcullis=trace", log.clone())
+            .expect("subscriber");
+
+    let dir = tempfile::tempdir().unwrap();
+    let signing_file = dir.path().join("signing.b64");
+    std::fs::write(&signing_file, B64.encode(SIGNING_SECRET)).unwrap();
+    let h = Harness::start_with(
+        SimOptions {
+            access_token_ttl: Duration::from_secs(2),
+            ..SimOptions::default()
+        },
+        move |c| {
+            c.reload.interval = "100ms".parse().unwrap();
+            let t = c
+                .callers
+                .iter_mut()
+                .find(|c| c.id == "demo-trader")
+                .unwrap();
+            t.signing_keys = vec![SigningKeyConfig {
+                keyid: "trader-key-1".into(),
+                alg: SigningAlg::HmacSha256,
+                secret: Some(format!("file:{}", signing_file.display()).parse().unwrap()),
+                public_key: None,
+            }];
+        },
+    )
+    .await;
+    let mut seen = String::new();
+    let mut keep = |r: &common::Reply| {
+        for (n, v) in &r.headers {
+            seen.push_str(&format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        seen.push_str(&r.text());
+        seen.push('\n');
+    };
+    let basic = |id: &str, s: &str| format!("Basic {}", B64.encode(format!("{id}:{s}")));
+
+    // API keys: good, wrong, malformed.
+    keep(&h.send("GET", QUOTES, Some(VIEWER), None).await);
+    keep(&h.send("GET", QUOTES, Some("not-a-real-key"), None).await);
+    keep(
+        &h.send("GET", QUOTES, Some(&format!("{VIEWER}x")), None)
+            .await,
+    );
+    // The trader must sign: unsigned and badly signed.
+    keep(&h.send("GET", QUOTES, Some(TRADER), None).await);
+    keep(
+        &h.send_with(
+            "GET",
+            QUOTES,
+            Some(TRADER),
+            None,
+            &[
+                ("signature-input", "sig1=(\"@method\" \"@target-uri\");created=1;keyid=\"trader-key-1\";nonce=\"x\""),
+                ("signature", "sig1=:AAAA:"),
+            ],
+        )
+        .await,
+    );
+    // Proxy tokens: grant, use, refresh, reuse, wrong secret, bad otp.
+    let r = h
+        .post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-viewer", VIEWER)),
+            "grant_type=client_credentials",
+        )
+        .await;
+    // (Successful grants deliver tokens to their owner: not kept.)
+    let at = r.json()["access_token"].as_str().unwrap().to_owned();
+    let rt = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    keep(&h.send("GET", QUOTES, Some(&at), None).await);
+    let form = format!("grant_type=refresh_token&refresh_token={rt}");
+    let r2 = h
+        .post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-viewer", VIEWER)),
+            &form,
+        )
+        .await;
+    let at2 = r2.json()["access_token"].as_str().unwrap_or("").to_owned();
+    let rt2 = r2.json()["refresh_token"].as_str().unwrap_or("").to_owned();
+    keep(
+        &h.post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-viewer", VIEWER)),
+            &form,
+        )
+        .await,
+    );
+    keep(
+        &h.post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-viewer", "wrong-secret-value")),
+            "grant_type=client_credentials",
+        )
+        .await,
+    );
+    keep(
+        &h.post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-superadmin", SUPERADMIN)),
+            "grant_type=client_credentials&otp=123456",
+        )
+        .await,
+    );
+    // MFA session, admin credential endpoints.
+    let t = portcullis::credentials::totp::Totp::from_base32(&secrecy::SecretString::from(
+        portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
+    ))
+    .unwrap();
+    let code = t.code_at_step(time::OffsetDateTime::now_utc().unix_timestamp() / 30, 6);
+    let r = h
+        .post_form(
+            "/v1/oauth/token",
+            Some(&basic("demo-superadmin", SUPERADMIN)),
+            &format!("grant_type=client_credentials&otp={code}"),
+        )
+        .await;
+    let admin_token = r.json()["access_token"].as_str().unwrap_or("").to_owned();
+    keep(&h.admin_get_as("/credentials/status", &admin_token).await);
+    keep(
+        &h.admin_post("/credentials/reload", Some(&admin_token))
+            .await,
+    );
+    keep(&h.admin_get_as("/credentials/status", SUPERADMIN).await);
+    // Schwab refreshes (2 s tokens), then a rotated app secret that the
+    // simulator does not know yet (a refused refresh), then the right one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let secret_file = h.dir.path().join("demo").join("schwab-app-secret");
+    std::fs::write(&secret_file, "rotated-app-secret-not-yet-known\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.sim.set_app_secret("rotated-app-secret-now-known");
+    std::fs::write(&secret_file, "rotated-app-secret-now-known\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    keep(&h.send("GET", QUOTES, Some(VIEWER), None).await);
+    // Bad input of other kinds.
+    keep(
+        &h.send(
+            "POST",
+            &format!("/trader/v1/accounts/{}/orders", h.account_hash()),
+            Some(VIEWER),
+            Some("{\"orderType\":"),
+        )
+        .await,
+    );
+    keep(
+        &h.send("GET", "/trader/v1/accounts/%2e%2e/x", Some(VIEWER), None)
+            .await,
+    );
+    keep(&h.admin_get("/readyz").await);
+    let metrics = h.admin_get("/metrics").await.text();
+
+    // Every secret this test set up or saw.
+    let store_key =
+        std::fs::read_to_string(h.dir.path().join("demo").join("token-store.key")).unwrap();
+    let mut secrets: Vec<String> = vec![
+        VIEWER.into(),
+        TRADER.into(),
+        SUPERADMIN.into(),
+        common::ADMIN.into(),
+        h.sim.options().app_secret.clone(),
+        "rotated-app-secret-not-yet-known".into(),
+        "rotated-app-secret-now-known".into(),
+        store_key.trim().into(),
+        portcullis::demo::DEMO_TOTP_SECRET.into(),
+        B64.encode(SIGNING_SECRET),
+        String::from_utf8_lossy(SIGNING_SECRET).into_owned(),
+        at,
+        rt,
+        at2,
+        rt2,
+        admin_token,
+    ];
+    // The Schwab tokens the simulator handed out, as the journal shows them.
+    for e in h.journal() {
+        for v in e.header("authorization") {
+            if let Some(t) = v.strip_prefix("Bearer ") {
+                secrets.push(t.to_owned());
+            }
+            if let Some(b) = v.strip_prefix("Basic ") {
+                secrets.push(b.to_owned());
+            }
+        }
+        for part in e.body.split('&') {
+            if let Some(t) = part
+                .strip_prefix("refresh_token=")
+                .or_else(|| part.strip_prefix("code="))
+            {
+                secrets.push(t.to_owned());
+            }
+        }
+    }
+    secrets.retain(|s| s.len() >= 8);
+    assert!(
+        secrets.iter().any(|s| s.starts_with("sim-at-")),
+        "no Schwab token was seen"
+    );
+    assert!(
+        secrets.iter().any(|s| s.starts_with("sim-rt-")),
+        "no Schwab refresh was seen"
+    );
+
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(guard); // flushes the log
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("Schwab access token refreshed"),
+        "the log was not captured"
+    );
+    assert!(
+        log.contains("Schwab refused") || log.contains("token refresh failed"),
+        "no failed refresh was logged"
+    );
+    for s in &secrets {
+        assert!(
+            !log.contains(s.as_str()),
+            "the log contains a secret ({}…)",
+            &s[..4]
+        );
+        assert!(
+            !seen.contains(s.as_str()),
+            "a response contains a secret ({}…)",
+            &s[..4]
+        );
+        assert!(
+            !metrics.contains(s.as_str()),
+            "the metrics contain a secret ({}…)",
+            &s[..4]
+        );
+    }
+}
