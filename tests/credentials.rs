@@ -503,3 +503,190 @@ async fn a_new_listener_certificate_is_served_without_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 200, "the open connection was dropped");
 }
+
+/// Accepts any server certificate: the browser clicking through the
+/// one-shot callback listener's self-signed certificate warning.
+#[derive(Debug)]
+struct ClickThrough(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for ClickThrough {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `Write` into a shared buffer (the test reads what `token init` prints).
+#[derive(Clone, Default)]
+struct SharedOut(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for SharedOut {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn token_init_listen_catches_the_browser_redirect() {
+    let h = Harness::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = h.config.clone();
+    let callback = format!("https://127.0.0.1:{port}");
+    cfg.schwab.callback_url = Some(callback.clone());
+    let out = SharedOut::default();
+    let mut writer = out.clone();
+    let before = std::fs::read(&cfg.schwab.token_store.as_ref().unwrap().file).unwrap();
+
+    let browser = async {
+        // The person opens the printed address: the simulator's authorize
+        // page redirects to the callback with a code and the state.
+        let url = loop {
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            if let Some(u) = text
+                .split_whitespace()
+                .find(|w| w.contains("/v1/oauth/authorize?"))
+            {
+                break u.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let path = url
+            .split_once(&h.sim_addr.to_string())
+            .unwrap()
+            .1
+            .to_owned();
+        let r = portcullis_get(&h, &path).await;
+        let location = r.headers["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(&callback), "{location}");
+        // A stray request (no state) is ignored; then the real redirect.
+        let provider = portcullis::server::tls::provider();
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClickThrough(provider)))
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, http_body_util::Full<bytes::Bytes>>(https);
+        for target in [format!("{callback}/favicon.ico"), location] {
+            let resp = client.get(target.parse().unwrap()).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let (result, ()) = tokio::join!(
+        commands::init_with(&cfg, CallbackSource::Listen, &mut writer),
+        browser
+    );
+    result.map_err(|f| f.1).expect("token init --listen");
+    let after = std::fs::read(&cfg.schwab.token_store.as_ref().unwrap().file).unwrap();
+    assert_ne!(before, after, "no new tokens were stored");
+    let printed = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(printed.contains("Logged in."), "{printed}");
+}
+
+/// A GET on the simulator (the "browser" visiting the authorize page).
+async fn portcullis_get(h: &Harness, path: &str) -> common::Reply {
+    let tcp = tokio::net::TcpStream::connect(h.sim_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(common::tls_config(&h.ca_pem, true)))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    common::Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: bytes::Bytes::new(),
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificates_when_watching_is_off() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.reload.watch = false;
+    })
+    .await;
+    let other = portcullis::certs::DevCa::new("rotated CA").unwrap();
+    let leaf = other.leaf(portcullis::certs::PROXY_NAMES).unwrap();
+    let demo = h.dir.path().join("demo");
+    std::fs::write(demo.join("proxy-key.pem"), &leaf.key_pem).unwrap();
+    std::fs::write(demo.join("proxy-cert.pem"), &leaf.cert_pem).unwrap();
+    let handshake = || async {
+        let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(common::tls_config(&other.ca_pem, true)))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .is_ok()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !handshake().await,
+        "reloaded without a signal (watch is off)"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !handshake().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
