@@ -563,4 +563,57 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_refresh_token_near_its_end_is_warned_about_hourly() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("tokens.json");
+        let key = [3u8; 32];
+        let mut t = tokens("A");
+        t.refresh_expires_at = now_ms() + 47 * 3_600_000;
+        TokenStore::new(path.clone(), StoreKey::from_bytes(&key).unwrap())
+            .save(&t)
+            .unwrap();
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let m = manager(&path, &key);
+            m.update_gauges();
+            m.update_gauges();
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.matches("refresh token expires soon").count(),
+            1,
+            "{log}"
+        );
+        assert!(log.contains("hours_left=46"), "{log}");
+
+        // Far from its end: no warning.
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .finish();
+        TokenStore::new(path.clone(), StoreKey::from_bytes(&key).unwrap())
+            .save(&tokens("B"))
+            .unwrap();
+        tracing::subscriber::with_default(sub, || manager(&path, &key).update_gauges());
+        assert!(buf.0.lock().unwrap().is_empty());
+    }
 }
