@@ -126,6 +126,40 @@ def schwab_py(ca, host, port, workdir):
           "schwab-py place_order over the demo limit → 403 order_quantity_limit")
 
 
+def schwab_py_proxy_tokens(ca, host, port, workdir):
+    """schwab-py with short-lived proxy tokens: the app key is the caller id,
+    the app secret the caller key, and authlib refreshes the token at the
+    proxy's /v1/oauth/token through the same request hook."""
+    import httpx
+    import schwab
+
+    r = httpx.post(f"https://{host}:{port}/v1/oauth/token", verify=ca,
+                   auth=("demo-viewer", "demo-viewer-key"), data={"grant_type": "client_credentials"})
+    check(r.status_code == 200 and r.json()["access_token"].startswith("pc_at_"),
+          "proxy token endpoint: client_credentials")
+    first = r.json()
+    token_path = os.path.join(workdir, "schwab-py-proxy-token.json")
+    with open(token_path, "w") as f:
+        # expires_at in 10 s: inside authlib's 300 s leeway, so the first call refreshes.
+        json.dump({"creation_timestamp": int(time.time()),
+                   "token": dict(first, expires_at=int(time.time()) + 10)}, f)
+    proxy = httpx.URL(f"https://{host}:{port}")
+
+    def to_proxy(req):
+        if req.url.host == "api.schwabapi.com":
+            req.url = req.url.copy_with(scheme=proxy.scheme, host=proxy.host, port=proxy.port)
+
+    c = schwab.auth.client_from_token_file(token_path, "demo-viewer", "demo-viewer-key")
+    c.session.event_hooks["request"].append(to_proxy)
+    r = c.get_quotes(["AAPL"])
+    check(r.status_code == 200 and "AAPL" in r.json(), "schwab-py with a proxy token")
+    with open(token_path) as f:
+        now = json.load(f)["token"]
+    check(now["access_token"].startswith("pc_at_") and now["access_token"] != first["access_token"]
+          and now["refresh_token"] != first["refresh_token"],
+          "schwab-py refreshed its proxy token at the proxy (rotated refresh token written back)")
+
+
 def schwabdev_db(path, key):
     db = sqlite3.connect(path)
     db.execute("""CREATE TABLE schwabdev (access_token_issued TEXT NOT NULL, refresh_token_issued TEXT NOT NULL,
@@ -190,6 +224,7 @@ def main():
         try:
             ca = os.path.join(workdir, "demo", "ca.pem")
             schwab_py(ca, host, port, workdir)
+            schwab_py_proxy_tokens(ca, host, port, workdir)
             schwabdev_clients(ca, host, port, workdir)
         finally:
             proc.terminate()
