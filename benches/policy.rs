@@ -31,7 +31,6 @@ const SHIPPED: &[&str] = &[
     "guards/market-hours.cedar",
     "guards/max-notional.cedar",
     "guards/max-order-quantity.cedar",
-    "guards/mfa-for-credentials.cedar",
     "guards/no-short-or-options.cedar",
     "guards/symbol-deny-list.cedar",
     "guards/trading-ip-range.cedar",

@@ -349,9 +349,7 @@ mod tests {
         callers.iter_mut().for_each(|c| c.totp_secret = None);
         let ids = crate::pipeline::identity::Identities::from_config(&callers).unwrap();
         let sessions = crate::credentials::sessions::Sessions::new(
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_secs(60),
-            1,
+            crate::config::TokensConfig::default().limits(),
         );
         for (id, role, key) in crate::keys::DEMO_KEYS {
             let mut h = http::HeaderMap::new();

@@ -174,13 +174,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         identities: swap::Swap::new(
             Identities::from_config(&config.callers).map_err(StartError::Load)?,
         ),
+        totp_guard: credentials::totp::Guard::new(time::OffsetDateTime::now_utc().unix_timestamp()),
         signature_window: config.signatures.window.0,
+        signature_authorities: config.signatures.authorities.clone(),
+        started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
         replay: pipeline::signature::ReplayCache::new(config.signatures.max_nonces),
-        sessions: Arc::new(credentials::sessions::Sessions::new(
-            config.tokens.access_ttl.0,
-            config.tokens.refresh_ttl.0,
-            config.tokens.max_sessions,
-        )),
+        sessions: Arc::new(credentials::sessions::Sessions::new(config.tokens.limits())),
         upstream,
         upstream_auth,
         limits: config.limits.clone(),

@@ -161,6 +161,10 @@ impl Live {
                 c.key_hashes
                     .iter()
                     .any(|h| !n.key_hashes.iter().any(|k| k.hash == h.hash))
+                    || n.totp_secret != c.totp_secret
+                    || c.client_cert_names
+                        .iter()
+                        .any(|x| !n.client_cert_names.contains(x))
             });
             if lost_a_key {
                 self.proxy.sessions.revoke_caller(&c.id);
@@ -198,12 +202,16 @@ impl Live {
                 files.push(t.key_file.clone());
             }
         }
-        let refs = [
+        let mut refs = vec![
             cfg.upstream.access_token.as_ref(),
             cfg.schwab.app_key.as_ref(),
             cfg.schwab.app_secret.as_ref(),
             cfg.schwab.token_store.as_ref().map(|t| &t.key),
         ];
+        for c in &cfg.callers {
+            refs.push(c.totp_secret.as_ref());
+            refs.extend(c.signing_keys.iter().map(|k| k.secret.as_ref()));
+        }
         for r in refs.into_iter().flatten() {
             match r {
                 SecretRef::File(p) => files.push(p.clone()),

@@ -116,8 +116,9 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
             &form,
         )
         .await;
-    let at2 = r2.json()["access_token"].as_str().unwrap_or("").to_owned();
-    let rt2 = r2.json()["refresh_token"].as_str().unwrap_or("").to_owned();
+    assert_eq!(r2.status, 200, "{}", r2.text());
+    let at2 = r2.json()["access_token"].as_str().unwrap().to_owned();
+    let rt2 = r2.json()["refresh_token"].as_str().unwrap().to_owned();
     keep(
         &h.post_form(
             "/v1/oauth/token",
@@ -147,7 +148,7 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
         portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
     ))
     .unwrap();
-    let code = t.code_at_step(time::OffsetDateTime::now_utc().unix_timestamp() / 30, 6);
+    let code = t.code_at_step(time::OffsetDateTime::now_utc().unix_timestamp() / 30 + 1, 6);
     let r = h
         .post_form(
             "/v1/oauth/token",
@@ -155,7 +156,8 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
             &format!("grant_type=client_credentials&otp={code}"),
         )
         .await;
-    let admin_token = r.json()["access_token"].as_str().unwrap_or("").to_owned();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let admin_token = r.json()["access_token"].as_str().unwrap().to_owned();
     keep(&h.admin_get_as("/credentials/status", &admin_token).await);
     keep(
         &h.admin_post("/credentials/reload", Some(&admin_token))

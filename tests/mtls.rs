@@ -113,3 +113,67 @@ async fn optional_client_certificates_leave_bearer_callers_working() {
     let client = common::client_with_cert(&h.ca_pem, &bot.cert_pem, &bot.key_pem);
     assert_eq!(send_on(&client, get(&h, None)).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_a_certificate_of_another_caller() {
+    let p = pki();
+    let h = start(&p, ClientCertMode::Optional).await;
+    let bot = p.ca.client(&["bot-1.trading.example"]).unwrap();
+    let client = common::client_with_cert(&h.ca_pem, &bot.cert_pem, &bot.key_pem);
+    let grant = |id: &str, key: &str| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "https://localhost:{}/v1/oauth/token",
+                h.proxy.port()
+            ))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("{id}:{key}")
+                    )
+                ),
+            )
+            .body(Full::new(Bytes::from_static(
+                b"grant_type=client_credentials",
+            )))
+            .unwrap()
+    };
+    // The certificate names demo-trader; the credentials are the viewer's.
+    let r = send_on(&client, grant("demo-viewer", VIEWER)).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_client");
+    let r = send_on(&client, grant("demo-trader", TRADER)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_certificate_naming_two_callers_identifies_nobody() {
+    let p = pki();
+    let ca_file = p.dir.path().join("client-ca.pem");
+    let h = Harness::start_with(SimOptions::default(), move |c| {
+        let tls = c.listen[0].tls.as_mut().unwrap();
+        tls.client_ca_file = Some(ca_file);
+        tls.client_cert = ClientCertMode::Required;
+        for (id, name) in [
+            ("demo-trader", "bot-1.example"),
+            ("demo-admin", "admin-1.example"),
+        ] {
+            c.callers
+                .iter_mut()
+                .find(|c| c.id == id)
+                .unwrap()
+                .client_cert_names = vec![name.into()];
+        }
+    })
+    .await;
+    let both = p.ca.client(&["bot-1.example", "admin-1.example"]).unwrap();
+    let client = common::client_with_cert(&h.ca_pem, &both.cert_pem, &both.key_pem);
+    assert_eq!(send_on(&client, get(&h, None)).await.status, 401);
+    assert_eq!(send_on(&client, get(&h, Some(TRADER))).await.status, 401);
+    assert!(h.journal().is_empty());
+}

@@ -291,3 +291,172 @@ async fn the_body_is_bound_by_content_digest() {
     assert_eq!(r.json()["error"], "signature_incomplete");
     assert_eq!(h.journal().len(), 1);
 }
+
+#[tokio::test]
+async fn a_failed_signature_does_not_use_up_its_nonce_and_only_the_first_label_counts() {
+    let h = start().await;
+    // Signed for another target: refused, and the nonce is still free.
+    let s = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        "/marketdata/v1/markets?markets=equity",
+        "",
+        now(),
+        "z-1",
+        true,
+    );
+    assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 401);
+    let s = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        QUOTES,
+        "",
+        now(),
+        "z-1",
+        true,
+    );
+    assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 200);
+
+    // Two signatures: a bad one first and a good one second. Only the first
+    // naming the caller's key is checked (no multiplied verification work).
+    let good = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        QUOTES,
+        "",
+        now(),
+        "z-2",
+        true,
+    );
+    let bad = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        "/elsewhere",
+        "",
+        now(),
+        "z-3",
+        true,
+    );
+    let field = |s: &Signed, n: &str| {
+        s.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap()
+            .1
+            .replacen("sig1=", "", 1)
+    };
+    let both = Signed {
+        headers: vec![
+            ("authorization".into(), format!("Bearer {TRADER}")),
+            (
+                "signature-input".into(),
+                format!(
+                    "a={}, b={}",
+                    field(&bad, "signature-input"),
+                    field(&good, "signature-input")
+                ),
+            ),
+            (
+                "signature".into(),
+                format!(
+                    "a={}, b={}",
+                    field(&bad, "signature"),
+                    field(&good, "signature")
+                ),
+            ),
+        ],
+    };
+    assert_eq!(send(&h, "GET", QUOTES, "", &both).await.status, 401);
+    let swapped = Signed {
+        headers: vec![
+            ("authorization".into(), format!("Bearer {TRADER}")),
+            (
+                "signature-input".into(),
+                format!(
+                    "b={}, a={}",
+                    field(&good, "signature-input"),
+                    field(&bad, "signature-input")
+                ),
+            ),
+            (
+                "signature".into(),
+                format!(
+                    "a={}, b={}",
+                    field(&bad, "signature"),
+                    field(&good, "signature")
+                ),
+            ),
+        ],
+    };
+    assert_eq!(send(&h, "GET", QUOTES, "", &swapped).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_signed_authority_is_the_one_the_request_names() {
+    let h = start().await;
+    // Signed for localhost:port, sent with another Host: @target-uri differs.
+    let s = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        QUOTES,
+        "",
+        now(),
+        "h-1",
+        true,
+    );
+    let mut headers: Vec<(&str, &str)> = s
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    headers.push(("host", "proxy.other-environment.example"));
+    let r = h.send_with("GET", QUOTES, None, None, &headers).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(h.journal().is_empty());
+}
+
+#[tokio::test]
+async fn configured_authorities_refuse_a_request_signed_for_another_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("hmac.b64");
+    std::fs::write(&secret_file, B64.encode(HMAC_SECRET)).unwrap();
+    let h = Harness::start_with(SimOptions::default(), move |c| {
+        c.signatures.authorities = vec!["trading-proxy.example".into()];
+        let t = c
+            .callers
+            .iter_mut()
+            .find(|c| c.id == "demo-trader")
+            .unwrap();
+        t.signing_keys = vec![SigningKeyConfig {
+            keyid: "trader-hmac".into(),
+            alg: SigningAlg::HmacSha256,
+            secret: Some(format!("file:{}", secret_file.display()).parse().unwrap()),
+            public_key: None,
+        }];
+    })
+    .await;
+    // A valid signature, but for localhost:<port>, not the configured name.
+    let s = sign(
+        &h,
+        &Key::Hmac,
+        "trader-hmac",
+        "GET",
+        QUOTES,
+        "",
+        now(),
+        "c-1",
+        true,
+    );
+    assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 401);
+    assert!(h.journal().is_empty());
+}

@@ -190,7 +190,8 @@ async fn credential_management_needs_a_session_with_mfa() {
     assert_eq!(r.json()["error"], "invalid_grant");
 
     // With the code: a session with MFA, which may manage credentials.
-    let code = otp(0);
+    // (The next step's code: none from before the proxy started is taken.)
+    let code = otp(1);
     let r = grant(
         &h,
         "demo-superadmin",
@@ -199,7 +200,8 @@ async fn credential_management_needs_a_session_with_mfa() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let first = r.json();
+    let token = first["access_token"].as_str().unwrap().to_owned();
     let status = h.admin_get_as("/credentials/status", &token).await;
     assert_eq!(status.status, 200, "{}", status.text());
     let s = status.json();
@@ -221,10 +223,42 @@ async fn credential_management_needs_a_session_with_mfa() {
         "invalid_grant",
         "a TOTP code was replayed"
     );
-    // A refreshed session keeps its MFA.
     let r = h.admin_post("/credentials/reload", Some(&token)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["reloaded"], true);
+    // … and after that reload the code is still spent.
+    let r = grant(
+        &h,
+        "demo-superadmin",
+        SUPERADMIN,
+        &format!("grant_type=client_credentials&otp={code}"),
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "invalid_grant",
+        "replayed after a reload"
+    );
+    // A refreshed session keeps its MFA.
+    let refresh = grant(
+        &h,
+        "demo-superadmin",
+        SUPERADMIN,
+        &format!(
+            "grant_type=refresh_token&refresh_token={}",
+            first["refresh_token"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(refresh.status, 200, "{}", refresh.text());
+    let refreshed = refresh.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.admin_get_as("/credentials/status", &refreshed)
+            .await
+            .status,
+        200,
+        "the refreshed session lost its MFA"
+    );
 
     // An admin with MFA is still not a super admin; a trader may not ask
     // for a code it does not have.
@@ -256,4 +290,67 @@ async fn a_caller_that_requires_tokens_cannot_use_its_key_as_a_bearer() {
     let r = grant(&h, "demo-viewer", VIEWER, "grant_type=client_credentials").await;
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(h.send("GET", QUOTES, Some(&token), None).await.status, 200);
+}
+
+#[tokio::test]
+async fn guessing_one_time_codes_locks_the_second_factor() {
+    let h = Harness::start().await;
+    let right = otp(1);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..5 {
+        let r = grant(
+            &h,
+            "demo-superadmin",
+            SUPERADMIN,
+            &format!("grant_type=client_credentials&otp={wrong}"),
+        )
+        .await;
+        assert_eq!(r.json()["error"], "invalid_grant");
+    }
+    // Locked: even the right code is refused now.
+    let r = grant(
+        &h,
+        "demo-superadmin",
+        SUPERADMIN,
+        &format!("grant_type=client_credentials&otp={right}"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn removing_a_key_ends_the_sessions_opened_with_the_caller_s_keys() {
+    let h = Harness::start().await;
+    let r = grant(&h, "demo-viewer", VIEWER, "grant_type=client_credentials").await;
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(h.send("GET", QUOTES, Some(&token), None).await.status, 200);
+    let mut cfg = h.config.clone();
+    let viewer = cfg
+        .callers
+        .iter_mut()
+        .find(|c| c.id == "demo-viewer")
+        .unwrap();
+    let new_key = "replacement-viewer-key-000000000000";
+    viewer.key_hashes = vec![portcullis::config::KeyHash::new(format!(
+        "sha256:{}",
+        portcullis::keys::hash_key_hex(new_key)
+    ))];
+    h.live.apply(cfg).await.expect("reload");
+    let before = h.journal().len();
+    assert_eq!(h.send("GET", QUOTES, Some(&token), None).await.status, 401);
+    assert_eq!(h.journal().len(), before);
+    let r = grant(&h, "demo-viewer", new_key, "grant_type=client_credentials").await;
+    assert_eq!(r.status, 200);
 }

@@ -90,10 +90,24 @@ impl Admin {
         action: &str,
         rid: &str,
     ) -> Option<Response<ProxyBody>> {
+        if let Err(r) = crate::pipeline::check_request_headers(req.headers()) {
+            return Some(r.into_response(rid));
+        }
         let who = match self.proxy.identify(req.headers(), req.extensions()) {
             Ok(w) => w,
             Err(r) => return Some(r.into_response(rid)),
         };
+        // A caller that signs, signs here too (admin requests carry no body).
+        if let Err(r) = self.proxy.verify_signature(
+            &who.caller,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            req.extensions(),
+            b"",
+        ) {
+            return Some(r.into_response(rid));
+        }
         let decision = self
             .proxy
             .authorize(&who, action, Resource::Proxy, peer, rid, None);

@@ -548,6 +548,12 @@ pub struct SignaturesConfig {
     /// signed requests are refused rather than a nonce forgotten.
     #[serde(default = "default_max_nonces")]
     pub max_nonces: usize,
+    /// The host names (`host[:port]`, lower case, default port omitted)
+    /// clients address the proxy by. If set, a signature's `@target-uri`
+    /// must name one of them, so a request signed for another proxy or
+    /// environment sharing the key is refused.
+    #[serde(default)]
+    pub authorities: Vec<String>,
 }
 
 impl Default for SignaturesConfig {
@@ -555,12 +561,13 @@ impl Default for SignaturesConfig {
         SignaturesConfig {
             window: d5m(),
             max_nonces: default_max_nonces(),
+            authorities: Vec::new(),
         }
     }
 }
 
 fn default_max_nonces() -> usize {
-    1_000_000
+    200_000
 }
 
 /// Proxy-issued tokens (`POST /v1/oauth/token` on the proxy listener).
@@ -572,9 +579,42 @@ pub struct TokensConfig {
     /// A refresh token's life; each refresh issues a new one.
     #[serde(default = "d12h")]
     pub refresh_ttl: Dur,
+    /// A session ends this long after it started, however often refreshed.
+    #[serde(default = "d24h")]
+    pub session_max_age: Dur,
+    /// A session's MFA lapses this long after the code was given (the
+    /// session goes on without it).
+    #[serde(default = "d1h")]
+    pub mfa_ttl: Dur,
     /// Sessions held at once (memory bound); further grants get 503.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Sessions one caller may hold; starting another ends its oldest.
+    #[serde(default = "default_sessions_per_caller")]
+    pub sessions_per_caller: usize,
+}
+
+impl TokensConfig {
+    pub fn limits(&self) -> crate::credentials::sessions::Limits {
+        crate::credentials::sessions::Limits {
+            access_ttl: self.access_ttl.0,
+            refresh_ttl: self.refresh_ttl.0,
+            max_age: self.session_max_age.0,
+            mfa_ttl: self.mfa_ttl.0,
+            max_sessions: self.max_sessions,
+            per_caller: self.sessions_per_caller,
+        }
+    }
+}
+
+fn default_sessions_per_caller() -> usize {
+    20
+}
+fn d24h() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+fn d1h() -> Dur {
+    Dur(Duration::from_secs(3600))
 }
 
 impl Default for TokensConfig {
@@ -582,7 +622,10 @@ impl Default for TokensConfig {
         TokensConfig {
             access_ttl: d15m(),
             refresh_ttl: d12h(),
+            session_max_age: d24h(),
+            mfa_ttl: d1h(),
             max_sessions: default_max_sessions(),
+            sessions_per_caller: default_sessions_per_caller(),
         }
     }
 }
@@ -932,6 +975,26 @@ impl Config {
                 "must be at least tokens.access_ttl and at most 30d".into(),
             );
         }
+        if t.session_max_age.0 < t.refresh_ttl.0
+            || t.session_max_age.0 > Duration::from_secs(30 * 86400)
+        {
+            issue(
+                "tokens.session_max_age".into(),
+                "must be at least tokens.refresh_ttl and at most 30d".into(),
+            );
+        }
+        if t.mfa_ttl.0 < Duration::from_secs(60) || t.mfa_ttl.0 > t.session_max_age.0 {
+            issue(
+                "tokens.mfa_ttl".into(),
+                "must be between 1m and tokens.session_max_age".into(),
+            );
+        }
+        if !(1..=10_000).contains(&t.sessions_per_caller) {
+            issue(
+                "tokens.sessions_per_caller".into(),
+                "must be between 1 and 10000".into(),
+            );
+        }
         if !(1..=1_000_000).contains(&t.max_sessions) {
             issue(
                 "tokens.max_sessions".into(),
@@ -1088,10 +1151,10 @@ impl Config {
                 "must be between 10s and 1h".into(),
             );
         }
-        if !(1000..=100_000_000).contains(&self.signatures.max_nonces) {
+        if !(1000..=10_000_000).contains(&self.signatures.max_nonces) {
             issue(
                 "signatures.max_nonces".into(),
-                "must be between 1000 and 100000000".into(),
+                "must be between 1000 and 10000000".into(),
             );
         }
         let demo_hashes = crate::keys::demo_key_hashes();

@@ -1,9 +1,14 @@
 //! TOTP (RFC 6238) second factor for human callers: HMAC-SHA1 over the
 //! 30-second time step, 6 digits, one step of clock drift accepted either
-//! way, and each accepted step used at most once per caller (a code seen
-//! once cannot be replayed within its window).
+//! way. [`Guard`] keeps, per caller and across configuration reloads, the
+//! last step accepted — a code is good once, and none from before the
+//! process started is accepted (so a restart does not reopen a seen code) —
+//! and locks a caller out after repeated wrong codes, so the six digits
+//! cannot be guessed by brute force.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use secrecy::{ExposeSecret, SecretString};
@@ -12,10 +17,9 @@ use zeroize::Zeroizing;
 pub const STEP_SECONDS: i64 = 30;
 pub const DIGITS: u32 = 6;
 
-/// A caller's TOTP secret and the last time step it accepted.
+/// A caller's TOTP secret.
 pub struct Totp {
     key: hmac::Key,
-    last_step: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Totp {
@@ -40,7 +44,6 @@ impl Totp {
     pub fn from_bytes(raw: &[u8]) -> Totp {
         Totp {
             key: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, raw),
-            last_step: Mutex::new(None),
         }
     }
 
@@ -57,13 +60,12 @@ impl Totp {
         format!("{code:0width$}", width = digits as usize)
     }
 
-    /// Checks `code` at Unix time `now`: accepted if it matches the current
-    /// step or one either side, and that step is later than the last one
-    /// accepted (no replay). Comparisons are constant-time.
-    pub fn verify(&self, code: &str, now: i64) -> bool {
+    /// The time step `code` is the code of, at Unix time `now`: the
+    /// current step or one either side. Comparisons are constant-time.
+    pub fn matching_step(&self, code: &str, now: i64) -> Option<i64> {
         let code = code.trim();
         if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
+            return None;
         }
         let step = now.div_euclid(STEP_SECONDS);
         let mut matched = None;
@@ -78,18 +80,94 @@ impl Totp {
                 matched = Some(s);
             }
         }
-        let Some(s) = matched else {
-            return false;
-        };
-        let mut last = self
-            .last_step
+        matched
+    }
+}
+
+/// Wrong codes allowed within [`FAILURE_WINDOW`] before a lockout.
+pub const MAX_FAILURES: u32 = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// The first lockout; each further one doubles, up to [`MAX_LOCKOUT`].
+pub const LOCKOUT: Duration = Duration::from_secs(300);
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(3600);
+
+/// The outcome of a code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Wrong, expired, or already used.
+    Refused,
+    /// Too many wrong codes: refused without looking, until the lockout ends.
+    LockedOut,
+}
+
+#[derive(Default)]
+struct Attempts {
+    last_step: Option<i64>,
+    failures: u32,
+    first_failure: Option<Instant>,
+    locked_until: Option<Instant>,
+    lockouts: u32,
+}
+
+/// Per-caller TOTP state that outlives configuration reloads.
+pub struct Guard {
+    started_step: i64,
+    callers: Mutex<HashMap<String, Attempts>>,
+}
+
+impl Guard {
+    /// `now`: Unix seconds at process start.
+    pub fn new(now: i64) -> Guard {
+        Guard {
+            started_step: now.div_euclid(STEP_SECONDS),
+            callers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn check(&self, caller: &str, totp: &Totp, code: &str, now: i64) -> Verdict {
+        let mut all = self
+            .callers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|l| s <= l) {
-            return false;
+        let a = all.entry(caller.to_owned()).or_default();
+        let t = Instant::now();
+        if a.locked_until.is_some_and(|until| t < until) {
+            return Verdict::LockedOut;
         }
-        *last = Some(s);
-        true
+        let floor = a.last_step.unwrap_or(self.started_step);
+        match totp.matching_step(code, now) {
+            Some(step) if step > floor => {
+                a.last_step = Some(step);
+                a.failures = 0;
+                a.first_failure = None;
+                Verdict::Accepted
+            }
+            _ => {
+                if a.first_failure
+                    .is_none_or(|f| t.duration_since(f) > FAILURE_WINDOW)
+                {
+                    a.first_failure = Some(t);
+                    a.failures = 0;
+                }
+                a.failures += 1;
+                if a.failures >= MAX_FAILURES {
+                    let lock = LOCKOUT
+                        .saturating_mul(1u32 << a.lockouts.min(4))
+                        .min(MAX_LOCKOUT);
+                    a.locked_until = Some(t + lock);
+                    a.lockouts += 1;
+                    a.failures = 0;
+                    a.first_failure = None;
+                    tracing::warn!(
+                        caller,
+                        minutes = lock.as_secs() / 60,
+                        "too many wrong one-time codes; the caller's MFA is locked"
+                    );
+                }
+                Verdict::Refused
+            }
+        }
     }
 }
 
@@ -137,18 +215,62 @@ mod tests {
     }
 
     #[test]
-    fn verify_accepts_drift_of_one_step_and_refuses_replay() {
+    fn one_step_of_drift_no_replay_and_nothing_from_before_the_start() {
         let t = Totp::from_bytes(b"12345678901234567890");
         let now = 1_234_567_890;
+        let g = Guard::new(now - 120);
         let code = t.code_at_step(now / 30, DIGITS);
-        assert!(!t.verify("12345", now), "wrong length");
-        assert!(!t.verify("abcdef", now));
-        assert!(t.verify(&code, now + 30), "one step of drift");
-        assert!(!t.verify(&code, now + 30), "replayed");
+        assert_eq!(
+            g.check("a", &t, "12345", now),
+            Verdict::Refused,
+            "wrong length"
+        );
+        assert_eq!(
+            g.check("a", &t, &code, now + 30),
+            Verdict::Accepted,
+            "drift"
+        );
+        assert_eq!(
+            g.check("a", &t, &code, now + 30),
+            Verdict::Refused,
+            "replayed"
+        );
         let later = t.code_at_step(now / 30 + 2, DIGITS);
-        assert!(t.verify(&later, now + 60));
-        let old = t.code_at_step(now / 30 - 5, DIGITS);
-        assert!(!Totp::from_bytes(b"12345678901234567890").verify(&old, now));
+        assert_eq!(g.check("a", &t, &later, now + 60), Verdict::Accepted);
+        // Another caller's state is its own.
+        let g2 = Guard::new(now);
+        assert_eq!(
+            g2.check("a", &t, &code, now),
+            Verdict::Refused,
+            "from before the start"
+        );
+        let next = t.code_at_step(now / 30 + 1, DIGITS);
+        assert_eq!(
+            g2.check("a", &t, &next, now),
+            Verdict::Accepted,
+            "the next code is fine"
+        );
+    }
+
+    #[test]
+    fn repeated_wrong_codes_lock_the_caller_out() {
+        let t = Totp::from_bytes(b"12345678901234567890");
+        let now = 1_234_567_890;
+        let g = Guard::new(now - 300);
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(g.check("a", &t, "000000", now), Verdict::Refused);
+        }
+        let good = t.code_at_step(now / 30, DIGITS);
+        assert_eq!(
+            g.check("a", &t, &good, now),
+            Verdict::LockedOut,
+            "guessing continues"
+        );
+        assert_eq!(
+            g.check("b", &t, &good, now),
+            Verdict::Accepted,
+            "others unaffected"
+        );
     }
 
     #[test]

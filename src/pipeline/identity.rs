@@ -118,6 +118,32 @@ impl Identities {
         Some(caller.clone())
     }
 
+    /// The caller a client certificate names, if any. A certificate whose
+    /// names point at two different callers identifies nobody: refused.
+    fn cert_caller(&self, cert: &ClientCert) -> Result<Option<&Arc<Caller>>, Reject> {
+        let mut found: Option<&Arc<Caller>> = None;
+        for n in cert.0.iter() {
+            if let Some(c) = self.by_cert.get(n) {
+                if found.is_some_and(|f| f.id != c.id) {
+                    tracing::warn!("a client certificate names more than one caller; refused");
+                    return Err(Reject::Unauthenticated);
+                }
+                found = Some(c);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The caller a client certificate names (ambiguous: none).
+    pub fn caller_for_cert(&self, cert: &ClientCert) -> Option<Arc<Caller>> {
+        self.cert_caller(cert).ok().flatten().cloned()
+    }
+
+    /// Whether any key or certificate name still identifies `id`.
+    fn has_credentials(&self, id: &str) -> bool {
+        self.entries.iter().any(|e| &*e.2.id == id) || self.by_cert.values().any(|c| &*c.id == id)
+    }
+
     /// The caller with this id, if configured.
     pub fn caller(&self, id: &str) -> Option<Arc<Caller>> {
         self.callers.iter().find(|c| &*c.id == id).cloned()
@@ -142,7 +168,10 @@ impl Identities {
         sessions: &Sessions,
         cert: Option<&ClientCert>,
     ) -> Result<Identity, Reject> {
-        let by_cert = cert.and_then(|c| c.0.iter().find_map(|n| self.by_cert.get(n)));
+        let by_cert = match cert {
+            Some(c) => self.cert_caller(c)?,
+            None => None,
+        };
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return match by_cert {
                 Some(caller) => Ok(Identity {
@@ -170,8 +199,12 @@ impl Identities {
         if token.starts_with(ACCESS_PREFIX.as_bytes()) {
             let text = std::str::from_utf8(token).map_err(|_| Reject::Unauthenticated)?;
             let grant = sessions.verify(text).ok_or(Reject::Unauthenticated)?;
-            // A caller removed from the configuration loses its sessions.
-            let caller = self.caller(&grant.caller).ok_or(Reject::Unauthenticated)?;
+            // A caller removed from the configuration (no keys, no
+            // certificate names left) loses its sessions.
+            let caller = self
+                .caller(&grant.caller)
+                .filter(|c| self.has_credentials(&c.id))
+                .ok_or(Reject::Unauthenticated)?;
             return Ok(Identity {
                 caller,
                 session_id: Some(grant.session_id),
@@ -270,11 +303,7 @@ mod tests {
     }
 
     fn who(i: &Identities, h: &http::HeaderMap) -> Result<Arc<str>, Reject> {
-        let s = Sessions::new(
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_secs(60),
-            10,
-        );
+        let s = Sessions::new(crate::config::TokensConfig::default().limits());
         i.identify(h, &s, None).map(|id| id.caller.id.clone())
     }
 

@@ -113,9 +113,14 @@ pub struct Proxy {
     pub identities: crate::swap::Swap<Identities>,
     /// Sessions of proxy-issued tokens.
     pub sessions: Arc<crate::credentials::sessions::Sessions>,
+    /// TOTP attempts and last steps per caller (outlive reloads).
+    pub totp_guard: crate::credentials::totp::Guard,
     /// Request signatures: the `created` window and the nonces seen.
     pub signature_window: Duration,
+    pub signature_authorities: Vec<String>,
     pub replay: signature::ReplayCache,
+    /// Unix seconds when the proxy started.
+    pub started_unix: i64,
     pub upstream: Upstream,
     /// Where `Authorization: Bearer <Schwab access token>` comes from.
     pub upstream_auth: crate::credentials::UpstreamAuth,
@@ -268,54 +273,72 @@ impl Proxy {
         let Some(caller) = &ctx.caller else {
             return Err(Reject::Internal);
         };
+        self.verify_signature(
+            caller,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &parts.extensions,
+            body,
+        )
+    }
+
+    /// [`Proxy::check_signature`] for any listener (the admin one too).
+    pub fn verify_signature(
+        &self,
+        caller: &Caller,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        body: &[u8],
+    ) -> Result<(), Reject> {
         if caller.signing_keys.is_empty() {
             return Ok(());
         }
-        let scheme = if parts.extensions.get::<crate::server::Secure>().is_some() {
+        let malformed = Reject::Signature(signature::SigError::Malformed.code());
+        let scheme = if extensions.get::<crate::server::Secure>().is_some() {
             "https"
         } else {
             "http"
         };
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .ok_or(Reject::Signature(signature::SigError::Malformed.code()))?
-            .to_ascii_lowercase();
+        // HTTP/2 carries :authority, HTTP/1.1 Host; when both are present
+        // they must agree (hyper fills the URI from :authority).
+        let host_header = match headers.get(header::HOST) {
+            Some(h) => Some(h.to_str().map_err(|_| malformed)?),
+            None => None,
+        };
+        let host = match (uri.authority().map(|a| a.as_str()), host_header) {
+            (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => return Err(malformed),
+            (Some(a), _) => a,
+            (None, Some(h)) => h,
+            (None, None) => return Err(malformed),
+        }
+        .to_ascii_lowercase();
         let default_port = if scheme == "https" { ":443" } else { ":80" };
         let authority = host.strip_suffix(default_port).unwrap_or(&host);
         let req = signature::SignedRequest {
-            method: parts.method.as_str(),
+            method: method.as_str(),
             scheme,
             authority,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
+            path: uri.path(),
+            query: uri.query(),
+            headers,
+        };
+        let policy = signature::Policy {
+            caller: &caller.id,
+            keys: &caller.signing_keys,
+            window: self.signature_window,
+            not_before: self.started_unix,
+            authorities: &self.signature_authorities,
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match signature::verify(
-            &req,
-            body,
-            &caller.signing_keys,
-            self.signature_window,
-            now,
-            &self.replay,
-        ) {
+        match signature::verify(&req, body, &policy, now, &self.replay) {
             Ok(keyid) => {
                 tracing::debug!(keyid, "request signature verified");
                 Ok(())
             }
-            Err(e) => {
-                ctx.detail = None;
-                Err(Reject::Signature(e.code()))
-            }
+            Err(e) => Err(Reject::Signature(e.code())),
         }
     }
 
@@ -605,7 +628,7 @@ fn route_reject(e: RouteError) -> Reject {
 
 /// Ambiguous credentials or targets are refused, never resolved by picking
 /// one; so are requests asking to be treated as another method.
-fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
+pub fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
     for name in [header::AUTHORIZATION, header::HOST] {
         if h.get_all(&name).iter().nth(1).is_some() {
             return Err(Reject::BadRequest(BadRequest::DuplicateHeader));

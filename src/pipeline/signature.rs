@@ -476,50 +476,88 @@ pub fn signature_base(
 
 // ---- verification --------------------------------------------------------
 
-/// Seen `(keyid, nonce)` pairs until their window passes; bounded.
+/// Nonces seen, as digests of `(caller, keyid, nonce)`, until their window
+/// passes; bounded. Entries expire in insertion order (one lifetime for
+/// all), so eviction is a pop from the front.
 pub struct ReplayCache {
-    seen: Mutex<HashMap<(String, String), Instant>>,
+    inner: Mutex<Replay>,
     cap: usize,
 }
+
+#[derive(Default)]
+struct Replay {
+    seen: HashMap<[u8; 32], Instant>,
+    order: std::collections::VecDeque<([u8; 32], Instant)>,
+}
+
+/// Longest nonce accepted.
+pub const MAX_NONCE_LEN: usize = 128;
 
 impl ReplayCache {
     pub fn new(cap: usize) -> ReplayCache {
         ReplayCache {
-            seen: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Replay::default()),
             cap,
         }
     }
 
-    /// Records the pair; false if it was seen within its lifetime, or the
+    /// Records the nonce; false if it was seen within its lifetime, or the
     /// cache is full of live entries (fail closed).
-    fn first_use(&self, keyid: &str, nonce: &str, keep: Duration) -> bool {
-        let mut seen = self
-            .seen
+    fn first_use(&self, caller: &str, keyid: &str, nonce: &str, keep: Duration) -> bool {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [caller, keyid, nonce] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut k = [0u8; 32];
+        k.copy_from_slice(ctx.finish().as_ref());
+        let mut r = self
+            .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let k = (keyid.to_owned(), nonce.to_owned());
-        if seen.get(&k).is_some_and(|until| *until > now) {
-            return false;
-        }
-        if seen.len() >= self.cap {
-            seen.retain(|_, until| *until > now);
-            if seen.len() >= self.cap {
-                return false;
+        while let Some((old, until)) = r.order.front().copied() {
+            if until > now {
+                break;
+            }
+            r.order.pop_front();
+            if r.seen.get(&old).is_some_and(|u| *u <= now) {
+                r.seen.remove(&old);
             }
         }
-        seen.insert(k, now + keep);
+        if r.seen.get(&k).is_some_and(|until| *until > now) {
+            return false;
+        }
+        if r.seen.len() >= self.cap {
+            return false;
+        }
+        r.seen.insert(k, now + keep);
+        r.order.push_back((k, now + keep));
         true
     }
 }
 
-/// Checks the request's signature with the caller's keys. `body`: the bytes
-/// received. `now`: Unix seconds. Returns the key id used.
+/// What the proxy demands of a signature beyond the cryptography.
+pub struct Policy<'a> {
+    pub caller: &'a str,
+    pub keys: &'a [(String, VerifyKey)],
+    /// How far `created` may be from now.
+    pub window: Duration,
+    /// Unix seconds; `created` before this (the process start) is refused,
+    /// so a signature seen by an earlier run cannot be replayed after a
+    /// restart emptied the nonce cache.
+    pub not_before: i64,
+    /// If not empty, the authorities `@target-uri` may name.
+    pub authorities: &'a [String],
+}
+
+/// Checks the request's signature. `body`: the bytes received. `now`: Unix
+/// seconds. Only the first signature naming one of the caller's keys is
+/// looked at. Returns the key id used.
 pub fn verify(
     req: &SignedRequest<'_>,
     body: &[u8],
-    keys: &[(String, VerifyKey)],
-    window: Duration,
+    policy: &Policy<'_>,
     now: i64,
     replay: &ReplayCache,
 ) -> Result<String, SigError> {
@@ -534,7 +572,6 @@ pub fn verify(
     };
     let inputs = parse_dictionary(one("signature-input")?).ok_or(SigError::Malformed)?;
     let sigs = parse_dictionary(one("signature")?).ok_or(SigError::Malformed)?;
-    let mut last = SigError::UnknownKey;
     for (label, member) in &inputs {
         let Member::Inner(items, params) = member else {
             return Err(SigError::Malformed);
@@ -543,25 +580,28 @@ pub fn verify(
         let Some(Bare::Str(keyid)) = param("keyid") else {
             continue;
         };
-        let Some((_, key)) = keys.iter().find(|(id, _)| id == keyid) else {
+        let Some((_, key)) = policy.keys.iter().find(|(id, _)| id == keyid) else {
             continue;
         };
-        match check_one(req, body, key, items, params, label, &sigs, window, now) {
-            Ok(()) => {
-                let Some(Bare::Str(nonce)) = param("nonce") else {
-                    return Err(SigError::NoNonce);
-                };
-                // Only a verified signature may use up a nonce.
-                let keep = window * 2 + Duration::from_secs(1);
-                if !replay.first_use(keyid, nonce, keep) {
-                    return Err(SigError::Replayed);
-                }
-                return Ok(keyid.clone());
-            }
-            Err(e) => last = e,
+        if !policy.authorities.is_empty() && !policy.authorities.iter().any(|a| a == req.authority)
+        {
+            return Err(SigError::BadSignature);
         }
+        check_one(req, body, key, items, params, label, &sigs, policy, now)?;
+        let Some(Bare::Str(nonce)) = param("nonce") else {
+            return Err(SigError::NoNonce);
+        };
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+            return Err(SigError::Malformed);
+        }
+        // Only a verified signature may use up a nonce.
+        let keep = policy.window * 2 + Duration::from_secs(1);
+        if !replay.first_use(policy.caller, keyid, nonce, keep) {
+            return Err(SigError::Replayed);
+        }
+        return Ok(keyid.clone());
     }
-    Err(last)
+    Err(SigError::UnknownKey)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -573,7 +613,7 @@ fn check_one(
     params: &Params,
     label: &str,
     sigs: &[(String, Member)],
-    window: Duration,
+    policy: &Policy<'_>,
     now: i64,
 ) -> Result<(), SigError> {
     let covered = |n: &str| items.iter().any(|(b, _)| *b == Bare::Str(n.to_owned()));
@@ -602,8 +642,8 @@ fn check_one(
         }
     }
     let created = created.ok_or(SigError::Incomplete)?;
-    let w = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-    if (now - created).abs() > w {
+    let w = i64::try_from(policy.window.as_secs()).unwrap_or(i64::MAX);
+    if (now - created).abs() > w || created < policy.not_before {
         return Err(SigError::Stale);
     }
     if covered("content-digest") {
@@ -836,14 +876,14 @@ mod tests {
         let key = VerifyKey::ed25519("JrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=").unwrap();
         let keys = vec![("test-key-ed25519".to_owned(), key)];
         let replay = ReplayCache::new(10);
-        let r = verify(
-            &rfc_request(&h),
-            RFC_BODY,
-            &keys,
-            Duration::from_secs(300),
-            1_618_884_473,
-            &replay,
-        );
+        let policy = Policy {
+            caller: "c",
+            keys: &keys,
+            window: Duration::from_secs(300),
+            not_before: 0,
+            authorities: &[],
+        };
+        let r = verify(&rfc_request(&h), RFC_BODY, &policy, 1_618_884_473, &replay);
         assert_eq!(r, Err(SigError::Incomplete));
     }
 }

@@ -118,10 +118,18 @@ impl Proxy {
         let text =
             std::str::from_utf8(&bytes).map_err(|_| bad(unknown, "the form is not UTF-8"))?;
         let form = crate::sim::Query::parse(text);
-        for key in ["grant_type", "refresh_token", "otp", "scope"] {
-            if form.list(key).len() > 1 {
-                return Err(bad(unknown, "a parameter appears more than once"));
-            }
+        // RFC 6749 §3.2: parameters must not repeat (counted raw, empty
+        // values included).
+        let mut names: Vec<&str> = text
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split('=').next().unwrap_or(""))
+            .collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != all {
+            return Err(bad(unknown, "a parameter appears more than once"));
         }
         let grant: &'static str = match form.get("grant_type") {
             Some("client_credentials") => "client_credentials",
@@ -149,9 +157,8 @@ impl Proxy {
             ),
         );
         let (id, secret) = basic_credentials(&parts.headers).ok_or(invalid_client)?;
-        let caller = self
-            .identities
-            .load()
+        let identities = self.identities.load();
+        let caller = identities
             .authenticate_client(&id, secret.as_bytes())
             .ok_or((
                 grant,
@@ -162,6 +169,21 @@ impl Proxy {
                 ),
             ))?;
         ctx.caller = Some(caller.clone());
+        // A client certificate on the connection must not name someone else.
+        if let Some(cert) = parts.extensions.get::<crate::server::ClientCert>()
+            && identities
+                .caller_for_cert(cert)
+                .is_some_and(|c| c.id != caller.id)
+        {
+            return Err((
+                grant,
+                OAuthError(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client authentication failed",
+                ),
+            ));
+        }
 
         let full_sessions = (
             grant,
@@ -175,18 +197,32 @@ impl Proxy {
             "client_credentials" => {
                 let mfa = match (&caller.totp, form.get("otp")) {
                     (Some(totp), Some(code)) => {
+                        use crate::credentials::totp::Verdict;
                         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                        if !totp.verify(code, now) {
-                            return Err((
-                                grant,
-                                OAuthError(
-                                    StatusCode::BAD_REQUEST,
-                                    "invalid_grant",
-                                    "the one-time code (otp) is wrong, expired or already used",
-                                ),
-                            ));
+                        match self.totp_guard.check(&caller.id, totp, code, now) {
+                            Verdict::Accepted => true,
+                            Verdict::Refused => {
+                                return Err((
+                                    grant,
+                                    OAuthError(
+                                        StatusCode::BAD_REQUEST,
+                                        "invalid_grant",
+                                        "the one-time code (otp) is wrong, expired or already used",
+                                    ),
+                                ));
+                            }
+                            Verdict::LockedOut => {
+                                return Err((
+                                    grant,
+                                    OAuthError(
+                                        StatusCode::BAD_REQUEST,
+                                        "invalid_grant",
+                                        "too many wrong one-time codes; this client's second factor \
+                                         is locked for a while",
+                                    ),
+                                ));
+                            }
                         }
-                        true
                     }
                     (Some(_), None) => {
                         return Err((
@@ -235,6 +271,24 @@ impl Proxy {
                 }
             }
         };
+        // A reload may have taken the key away while this grant ran: the
+        // new session must not outlive it.
+        if self
+            .identities
+            .load()
+            .authenticate_client(&id, secret.as_bytes())
+            .is_none()
+        {
+            self.sessions.revoke(&issued.session_id);
+            return Err((
+                grant,
+                OAuthError(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "client authentication failed",
+                ),
+            ));
+        }
         Ok((grant, issued))
     }
 }
