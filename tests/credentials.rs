@@ -289,10 +289,7 @@ async fn a_reload_is_all_or_nothing_and_a_removed_caller_stops_at_once() {
         .find(|c| c.id == "demo-viewer")
         .unwrap()
         .key_hashes
-        .push(portcullis::config::KeyHash::new(format!(
-            "sha256:{}",
-            portcullis::keys::hash_key_hex(bot)
-        )));
+        .push(common::key_hash(bot));
     let stray = portcullis::certs::DevCa::new("stray")
         .unwrap()
         .leaf(&["localhost"])
@@ -415,12 +412,7 @@ async fn app_secret_and_caller_key_rotate_under_load_with_no_failed_request() {
         .iter_mut()
         .find(|c| c.id == "demo-viewer")
         .unwrap();
-    viewer
-        .key_hashes
-        .push(portcullis::config::KeyHash::new(format!(
-            "sha256:{}",
-            portcullis::keys::hash_key_hex(new_key)
-        )));
+    viewer.key_hashes.push(common::key_hash(new_key));
     let applied = h.live.apply(cfg.clone()).await.expect("reload");
     assert!(
         applied.needs_restart.is_empty(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{Harness, SUPERADMIN, TRADER, VIEWER};
-use portcullis::config::{LogFormat, SigningAlg, SigningKeyConfig};
+use portcullis::config::LogFormat;
 use portcullis::sim::SimOptions;
 
 #[derive(Clone, Default)]
@@ -55,12 +55,7 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
                 .iter_mut()
                 .find(|c| c.id == "demo-trader")
                 .unwrap();
-            t.signing_keys = vec![SigningKeyConfig {
-                keyid: "trader-key-1".into(),
-                alg: SigningAlg::HmacSha256,
-                secret: Some(format!("file:{}", signing_file.display()).parse().unwrap()),
-                public_key: None,
-            }];
+            t.signing_keys = vec![common::hmac_signing_key("trader-key-1", &signing_file)];
         },
     )
     .await;

@@ -14,11 +14,6 @@ use portcullis::sim::SimOptions;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const HMAC_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-only";
 
-enum Key {
-    Hmac,
-    Ed(aws_lc_rs::signature::Ed25519KeyPair),
-}
-
 fn ed_key() -> aws_lc_rs::signature::Ed25519KeyPair {
     aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap()
 }
@@ -35,12 +30,7 @@ async fn start() -> Harness {
             .find(|c| c.id == "demo-trader")
             .unwrap();
         t.signing_keys = vec![
-            SigningKeyConfig {
-                keyid: "trader-hmac".into(),
-                alg: SigningAlg::HmacSha256,
-                secret: Some(format!("file:{}", secret_file.display()).parse().unwrap()),
-                public_key: None,
-            },
+            common::hmac_signing_key("trader-hmac", &secret_file),
             SigningKeyConfig {
                 keyid: "trader-ed".into(),
                 alg: SigningAlg::Ed25519,
@@ -63,47 +53,66 @@ struct Signed {
     headers: Vec<(String, String)>,
 }
 
-/// Signs `method target` (+ body) the way a client library would.
-#[allow(clippy::too_many_arguments)] // a test signer: every knob is a case
-fn sign(
-    h: &Harness,
-    key: &Key,
-    keyid: &str,
-    method: &str,
-    target: &str,
-    body: &str,
+/// What a client signs: the knobs the tests turn.
+struct Spec<'a> {
+    ed: bool,
+    keyid: &'a str,
+    method: &'a str,
+    target: String,
+    body: &'a str,
     created: i64,
-    nonce: &str,
+    nonce: &'a str,
     cover_digest: bool,
-) -> Signed {
-    let uri = format!("https://localhost:{}{target}", h.proxy.port());
-    let mut headers = vec![("authorization".to_owned(), format!("Bearer {TRADER}"))];
-    let mut components = vec!["\"@method\"", "\"@target-uri\""];
-    let mut base = format!("\"@method\": {method}\n\"@target-uri\": {uri}\n");
-    if !body.is_empty() {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes());
-        let digest = format!("sha-256=:{}:", B64.encode(d.as_ref()));
-        if cover_digest {
-            components.push("\"content-digest\"");
-            base.push_str(&format!("\"content-digest\": {digest}\n"));
-        }
-        headers.push(("content-digest".into(), digest));
+}
+
+/// A GET of the quotes signed with the HMAC key now, with `nonce`.
+fn hmac(nonce: &str) -> Spec<'_> {
+    Spec {
+        ed: false,
+        keyid: "trader-hmac",
+        method: "GET",
+        target: QUOTES.into(),
+        body: "",
+        created: now(),
+        nonce,
+        cover_digest: true,
     }
-    let params = format!(
-        "({});created={created};keyid=\"{keyid}\";nonce=\"{nonce}\"",
-        components.join(" ")
-    );
-    base.push_str(&format!("\"@signature-params\": {params}"));
-    let sig = match key {
-        Key::Hmac => {
+}
+
+impl Spec<'_> {
+    /// Signs the request the way a client library would.
+    fn sign(&self, h: &Harness) -> Signed {
+        let uri = format!("https://localhost:{}{}", h.proxy.port(), self.target);
+        let mut headers = vec![("authorization".to_owned(), format!("Bearer {TRADER}"))];
+        let mut components = vec!["\"@method\"", "\"@target-uri\""];
+        let mut base = format!("\"@method\": {}\n\"@target-uri\": {uri}\n", self.method);
+        if !self.body.is_empty() {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.body.as_bytes());
+            let digest = format!("sha-256=:{}:", B64.encode(d.as_ref()));
+            if self.cover_digest {
+                components.push("\"content-digest\"");
+                base.push_str(&format!("\"content-digest\": {digest}\n"));
+            }
+            headers.push(("content-digest".into(), digest));
+        }
+        let params = format!(
+            "({});created={};keyid=\"{}\";nonce=\"{}\"",
+            components.join(" "),
+            self.created,
+            self.keyid,
+            self.nonce
+        );
+        base.push_str(&format!("\"@signature-params\": {params}"));
+        let sig = if self.ed {
+            ed_key().sign(base.as_bytes()).as_ref().to_vec()
+        } else {
             let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, HMAC_SECRET);
             aws_lc_rs::hmac::sign(&k, base.as_bytes()).as_ref().to_vec()
-        }
-        Key::Ed(kp) => kp.sign(base.as_bytes()).as_ref().to_vec(),
-    };
-    headers.push(("signature-input".into(), format!("sig1={params}")));
-    headers.push(("signature".into(), format!("sig1=:{}:", B64.encode(sig))));
-    Signed { headers }
+        };
+        headers.push(("signature-input".into(), format!("sig1={params}")));
+        headers.push(("signature".into(), format!("sig1=:{}:", B64.encode(sig))));
+        Signed { headers }
+    }
 }
 
 async fn send(h: &Harness, method: &str, target: &str, body: &str, s: &Signed) -> common::Reply {
@@ -122,30 +131,15 @@ const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
 async fn signed_requests_pass_and_everything_else_is_refused_before_the_broker() {
     let h = start().await;
     // Good: HMAC and Ed25519.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-1",
-        true,
-    );
+    let s = hmac("n-1").sign(&h);
     let r = send(&h, "GET", QUOTES, "", &s).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let s = sign(
-        &h,
-        &Key::Ed(ed_key()),
-        "trader-ed",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-2",
-        true,
-    );
+    let s = Spec {
+        ed: true,
+        keyid: "trader-ed",
+        ..hmac("n-2")
+    }
+    .sign(&h);
     assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 200);
     let forwarded = h.journal().len();
     assert_eq!(forwarded, 2);
@@ -160,75 +154,37 @@ async fn signed_requests_pass_and_everything_else_is_refused_before_the_broker()
         "signature_missing",
     );
     // Replayed: the same signed request again.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-3",
-        true,
-    );
+    let s = hmac("n-3").sign(&h);
     assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 200);
     refused(&send(&h, "GET", QUOTES, "", &s).await, "signature_replayed");
     // Signed for another target.
     let other = "/marketdata/v1/quotes?symbols=GME&fields=quote";
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-4",
-        true,
-    );
+    let s = hmac("n-4").sign(&h);
     refused(&send(&h, "GET", other, "", &s).await, "signature_invalid");
     // Stale and future `created`.
     for created in [now() - 301, now() + 301] {
-        let s = sign(
-            &h,
-            &Key::Hmac,
-            "trader-hmac",
-            "GET",
-            QUOTES,
-            "",
+        let s = Spec {
             created,
-            "n-5",
-            true,
-        );
+            ..hmac("n-5")
+        }
+        .sign(&h);
         refused(&send(&h, "GET", QUOTES, "", &s).await, "signature_expired");
     }
     // A key id the caller does not have; a wrong key under a valid id.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "nobody",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-6",
-        true,
-    );
+    let s = Spec {
+        keyid: "nobody",
+        ..hmac("n-6")
+    }
+    .sign(&h);
     refused(
         &send(&h, "GET", QUOTES, "", &s).await,
         "signature_key_unknown",
     );
-    let s = sign(
-        &h,
-        &Key::Ed(ed_key()),
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "n-7",
-        true,
-    );
+    let s = Spec {
+        ed: true,
+        ..hmac("n-7")
+    }
+    .sign(&h);
     refused(&send(&h, "GET", QUOTES, "", &s).await, "signature_invalid");
     assert_eq!(
         h.journal().len(),
@@ -243,49 +199,38 @@ async fn the_body_is_bound_by_content_digest() {
     let hash = h.account_hash();
     let target = format!("/trader/v1/accounts/{hash}/orders");
     let order = r#"{"session":"NORMAL","duration":"DAY","orderType":"MARKET","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","quantity":10,"instrument":{"symbol":"AAPL","assetType":"EQUITY"}}]}"#;
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "POST",
-        &target,
-        order,
-        now(),
-        "b-1",
-        true,
-    );
+    let s = Spec {
+        method: "POST",
+        target: target.to_string(),
+        body: order,
+        ..hmac("b-1")
+    }
+    .sign(&h);
     let r = send(&h, "POST", &target, order, &s).await;
     assert_eq!(r.status, 201, "{}", r.text());
 
     // The body changed after signing (quantity 10 → 99): the digest no
     // longer matches.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "POST",
-        &target,
-        order,
-        now(),
-        "b-2",
-        true,
-    );
+    let s = Spec {
+        method: "POST",
+        target: target.to_string(),
+        body: order,
+        ..hmac("b-2")
+    }
+    .sign(&h);
     let tampered = order.replace("\"quantity\":10", "\"quantity\":99");
     let r = send(&h, "POST", &target, &tampered, &s).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "content_digest_mismatch");
     // A body whose digest the signature does not cover.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "POST",
-        &target,
-        order,
-        now(),
-        "b-3",
-        false,
-    );
+    let s = Spec {
+        method: "POST",
+        target: target.to_string(),
+        body: order,
+        cover_digest: false,
+        ..hmac("b-3")
+    }
+    .sign(&h);
     let r = send(&h, "POST", &target, order, &s).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "signature_incomplete");
@@ -296,55 +241,23 @@ async fn the_body_is_bound_by_content_digest() {
 async fn a_failed_signature_does_not_use_up_its_nonce_and_only_the_first_label_counts() {
     let h = start().await;
     // Signed for another target: refused, and the nonce is still free.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        "/marketdata/v1/markets?markets=equity",
-        "",
-        now(),
-        "z-1",
-        true,
-    );
+    let s = Spec {
+        target: "/marketdata/v1/markets?markets=equity".into(),
+        ..hmac("z-1")
+    }
+    .sign(&h);
     assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 401);
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "z-1",
-        true,
-    );
+    let s = hmac("z-1").sign(&h);
     assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 200);
 
     // Two signatures: a bad one first and a good one second. Only the first
     // naming the caller's key is checked (no multiplied verification work).
-    let good = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "z-2",
-        true,
-    );
-    let bad = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        "/elsewhere",
-        "",
-        now(),
-        "z-3",
-        true,
-    );
+    let good = hmac("z-2").sign(&h);
+    let bad = Spec {
+        target: "/elsewhere".into(),
+        ..hmac("z-3")
+    }
+    .sign(&h);
     let field = |s: &Signed, n: &str| {
         s.headers
             .iter()
@@ -353,15 +266,18 @@ async fn a_failed_signature_does_not_use_up_its_nonce_and_only_the_first_label_c
             .1
             .replacen("sig1=", "", 1)
     };
-    let both = Signed {
+    // Both signatures in one request, `first` listed first in Signature-Input.
+    let two = |first: (&str, &Signed), second: (&str, &Signed)| Signed {
         headers: vec![
             ("authorization".into(), format!("Bearer {TRADER}")),
             (
                 "signature-input".into(),
                 format!(
-                    "a={}, b={}",
-                    field(&bad, "signature-input"),
-                    field(&good, "signature-input")
+                    "{}={}, {}={}",
+                    first.0,
+                    field(first.1, "signature-input"),
+                    second.0,
+                    field(second.1, "signature-input")
                 ),
             ),
             (
@@ -374,28 +290,9 @@ async fn a_failed_signature_does_not_use_up_its_nonce_and_only_the_first_label_c
             ),
         ],
     };
+    let both = two(("a", &bad), ("b", &good));
     assert_eq!(send(&h, "GET", QUOTES, "", &both).await.status, 401);
-    let swapped = Signed {
-        headers: vec![
-            ("authorization".into(), format!("Bearer {TRADER}")),
-            (
-                "signature-input".into(),
-                format!(
-                    "b={}, a={}",
-                    field(&good, "signature-input"),
-                    field(&bad, "signature-input")
-                ),
-            ),
-            (
-                "signature".into(),
-                format!(
-                    "a={}, b={}",
-                    field(&bad, "signature"),
-                    field(&good, "signature")
-                ),
-            ),
-        ],
-    };
+    let swapped = two(("b", &good), ("a", &bad));
     assert_eq!(send(&h, "GET", QUOTES, "", &swapped).await.status, 200);
 }
 
@@ -403,17 +300,7 @@ async fn a_failed_signature_does_not_use_up_its_nonce_and_only_the_first_label_c
 async fn the_signed_authority_is_the_one_the_request_names() {
     let h = start().await;
     // Signed for localhost:port, sent with another Host: @target-uri differs.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "h-1",
-        true,
-    );
+    let s = hmac("h-1").sign(&h);
     let mut headers: Vec<(&str, &str)> = s
         .headers
         .iter()
@@ -437,26 +324,11 @@ async fn configured_authorities_refuse_a_request_signed_for_another_proxy() {
             .iter_mut()
             .find(|c| c.id == "demo-trader")
             .unwrap();
-        t.signing_keys = vec![SigningKeyConfig {
-            keyid: "trader-hmac".into(),
-            alg: SigningAlg::HmacSha256,
-            secret: Some(format!("file:{}", secret_file.display()).parse().unwrap()),
-            public_key: None,
-        }];
+        t.signing_keys = vec![common::hmac_signing_key("trader-hmac", &secret_file)];
     })
     .await;
     // A valid signature, but for localhost:<port>, not the configured name.
-    let s = sign(
-        &h,
-        &Key::Hmac,
-        "trader-hmac",
-        "GET",
-        QUOTES,
-        "",
-        now(),
-        "c-1",
-        true,
-    );
+    let s = hmac("c-1").sign(&h);
     assert_eq!(send(&h, "GET", QUOTES, "", &s).await.status, 401);
     assert!(h.journal().is_empty());
 }

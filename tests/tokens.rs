@@ -343,10 +343,7 @@ async fn removing_a_key_ends_the_sessions_opened_with_the_caller_s_keys() {
         .find(|c| c.id == "demo-viewer")
         .unwrap();
     let new_key = "replacement-viewer-key-000000000000";
-    viewer.key_hashes = vec![portcullis::config::KeyHash::new(format!(
-        "sha256:{}",
-        portcullis::keys::hash_key_hex(new_key)
-    ))];
+    viewer.key_hashes = vec![common::key_hash(new_key)];
     h.live.apply(cfg).await.expect("reload");
     let before = h.journal().len();
     assert_eq!(h.send("GET", QUOTES, Some(&token), None).await.status, 401);

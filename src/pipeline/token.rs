@@ -30,6 +30,13 @@ const MAX_FORM_BYTES: usize = 4096;
 /// An OAuth error: status, `error`, `error_description`.
 struct OAuthError(StatusCode, &'static str, &'static str);
 
+/// Client authentication failed (whatever the reason: nothing to learn).
+const INVALID_CLIENT: OAuthError = OAuthError(
+    StatusCode::UNAUTHORIZED,
+    "invalid_client",
+    "client authentication failed",
+);
+
 impl Proxy {
     /// Handles the token endpoint. `ctx` gets the caller and session for
     /// the request log, and a rejection code when the grant failed.
@@ -148,26 +155,12 @@ impl Proxy {
         };
 
         // Client authentication.
-        let invalid_client = (
-            grant,
-            OAuthError(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            ),
-        );
+        let invalid_client = (grant, INVALID_CLIENT);
         let (id, secret) = basic_credentials(&parts.headers).ok_or(invalid_client)?;
         let identities = self.identities.load();
         let caller = identities
             .authenticate_client(&id, secret.as_bytes())
-            .ok_or((
-                grant,
-                OAuthError(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client authentication failed",
-                ),
-            ))?;
+            .ok_or((grant, INVALID_CLIENT))?;
         ctx.caller = Some(caller.clone());
         // A client certificate on the connection must not name someone else.
         if let Some(cert) = parts.extensions.get::<crate::server::ClientCert>()
@@ -175,14 +168,7 @@ impl Proxy {
                 .caller_for_cert(cert)
                 .is_some_and(|c| c.id != caller.id)
         {
-            return Err((
-                grant,
-                OAuthError(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client authentication failed",
-                ),
-            ));
+            return Err((grant, INVALID_CLIENT));
         }
 
         let full_sessions = (
@@ -280,14 +266,7 @@ impl Proxy {
             .is_none()
         {
             self.sessions.revoke(&issued.session_id);
-            return Err((
-                grant,
-                OAuthError(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "client authentication failed",
-                ),
-            ));
+            return Err((grant, INVALID_CLIENT));
         }
         Ok((grant, issued))
     }

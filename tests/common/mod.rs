@@ -28,6 +28,28 @@ pub const TRADER: &str = "demo-trader-key";
 pub const ADMIN: &str = "demo-admin-key";
 pub const SUPERADMIN: &str = "demo-superadmin-key";
 
+/// The configuration entry for an API key.
+pub fn key_hash(key: &str) -> portcullis::config::KeyHash {
+    portcullis::config::KeyHash::new(format!("sha256:{}", portcullis::keys::hash_key_hex(key)))
+}
+
+/// An `hmac-sha256` signing key whose base64 secret is in `secret_file`.
+pub fn hmac_signing_key(
+    keyid: &str,
+    secret_file: &std::path::Path,
+) -> portcullis::config::SigningKeyConfig {
+    portcullis::config::SigningKeyConfig {
+        keyid: keyid.into(),
+        alg: portcullis::config::SigningAlg::HmacSha256,
+        secret: Some(
+            format!("file:{}", secret_file.display())
+                .parse()
+                .expect("secret reference"),
+        ),
+        public_key: None,
+    }
+}
+
 pub struct Harness {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
