@@ -211,31 +211,39 @@ impl Types {
 /// name every time), while cloning a built one is cheap; client addresses,
 /// prices and the time to the second repeat a lot. Bounded: cleared when
 /// full.
+/// An extension value by what determines it (no text is formatted on a
+/// cache hit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Ext {
-    Ip,
-    Datetime,
-    Decimal,
+    Ip(std::net::IpAddr),
+    /// Unix seconds (datetimes are built to the second).
+    Datetime(i64),
+    /// Ten-thousandths.
+    Decimal(i64),
 }
 
 const EXT_CACHE_ENTRIES: usize = 4096;
 
 thread_local! {
-    static EXT_CACHE: std::cell::RefCell<HashMap<(Ext, String), RestrictedExpression>> =
+    static EXT_CACHE: std::cell::RefCell<HashMap<Ext, RestrictedExpression>> =
         std::cell::RefCell::new(HashMap::new());
 }
 
-fn ext(kind: Ext, arg: String) -> RestrictedExpression {
+fn ext(key: Ext) -> RestrictedExpression {
     EXT_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let key = (kind, arg);
         if let Some(e) = cache.get(&key) {
             return e.clone();
         }
-        let e = match kind {
-            Ext::Ip => RestrictedExpression::new_ip(&key.1),
-            Ext::Datetime => RestrictedExpression::new_datetime(&key.1),
-            Ext::Decimal => RestrictedExpression::new_decimal(&key.1),
+        let e = match key {
+            Ext::Ip(ip) => RestrictedExpression::new_ip(ip.to_string()),
+            Ext::Datetime(secs) => RestrictedExpression::new_datetime(clock::cedar_datetime(
+                time::OffsetDateTime::from_unix_timestamp(secs)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            )),
+            Ext::Decimal(units) => RestrictedExpression::new_decimal(
+                crate::pipeline::order::Decimal4(units).to_string(),
+            ),
         };
         if cache.len() >= EXT_CACHE_ENTRIES {
             cache.clear();
@@ -273,10 +281,10 @@ fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context,
     // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; policies
     // are written with IPv4 ranges.
     field("client_ip", &|| {
-        Ok(ext(Ext::Ip, input.client_ip.to_canonical().to_string()))
+        Ok(ext(Ext::Ip(input.client_ip.to_canonical())))
     })?;
     field("time", &|| {
-        Ok(ext(Ext::Datetime, clock::cedar_datetime(input.time)))
+        Ok(ext(Ext::Datetime(input.time.unix_timestamp())))
     })?;
     field("market_clock", &|| {
         let (weekday, minute) = clock::market_clock(input.time);
@@ -343,7 +351,7 @@ fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedEx
             }
         };
     }
-    let decimal = |p: crate::pipeline::order::Decimal4| ext(Ext::Decimal, p.to_string());
+    let decimal = |p: crate::pipeline::order::Decimal4| ext(Ext::Decimal(p.0));
     optional!("order_type", o.order_type.as_deref(), string);
     optional!("duration", o.duration.as_deref(), string);
     optional!("session", o.session.as_deref(), string);

@@ -482,7 +482,7 @@ impl Active {
             for e in diagnostics.errors() {
                 tracing::warn!(error = %e, "policy evaluation error; request denied");
                 let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-                erroring.push(e.policy_id().to_string());
+                erroring.push(id_str(e.policy_id()).to_owned());
             }
             // A deny's reasons are the satisfied forbids, an allow's the
             // satisfied permits.
@@ -497,13 +497,13 @@ impl Active {
             return Decision::deny(REASON_POLICY_ERROR, erroring);
         }
         let sorted_ids = |v: Vec<&PolicyId>| {
-            let mut ids: Vec<String> = v.iter().map(|p| p.to_string()).collect();
+            let mut ids: Vec<String> = v.iter().map(|p| id_str(p).to_owned()).collect();
             ids.sort();
             ids.dedup();
             ids
         };
         if !forbids.is_empty() {
-            forbids.sort_by_key(|p| p.to_string());
+            forbids.sort_by(|a, b| id_str(a).cmp(id_str(b)));
             let reason = forbids
                 .iter()
                 .find_map(|p| self.bundle.reasons.get(*p))
@@ -576,6 +576,11 @@ fn slice_by_action(
         }
     }
     out
+}
+
+/// A policy id's text (its `@id`), without `Display`'s debug escaping.
+fn id_str(p: &PolicyId) -> &str {
+    AsRef::<str>::as_ref(p)
 }
 
 /// The live policy set, its source and the entities' source; reloadable.
