@@ -192,6 +192,12 @@ pub async fn start_with(
     let so = sim.options();
     let store_key = crate::credentials::store::StoreKey::generate()
         .map_err(|e| StartError::Internal(e.to_string()))?;
+    // The audit key is kept across demo runs, so the chain continues.
+    let audit_key = match std::fs::read_to_string(opts.dir.join("audit.key")) {
+        Ok(k) if !k.trim().is_empty() => secrecy::SecretString::from(k.trim().to_owned()),
+        _ => crate::credentials::store::StoreKey::generate()
+            .map_err(|e| StartError::Internal(e.to_string()))?,
+    };
     for (name, value) in [
         ("schwab-app-key", so.app_key.as_str()),
         ("schwab-app-secret", so.app_secret.as_str()),
@@ -200,6 +206,10 @@ pub async fn start_with(
             secrecy::ExposeSecret::expose_secret(&store_key),
         ),
         ("superadmin-totp", DEMO_TOTP_SECRET),
+        (
+            "audit.key",
+            secrecy::ExposeSecret::expose_secret(&audit_key),
+        ),
     ] {
         let path = opts.dir.join(name);
         write_private(&path, value.as_bytes())

@@ -4,6 +4,7 @@
 //! [`run`] directly on port 0 listeners.
 
 pub mod admin;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
@@ -178,6 +179,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         signature_window: config.signatures.window.0,
         signature_authorities: config.signatures.authorities.clone(),
         started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+        audit: match &config.audit {
+            None => None,
+            Some(a) => {
+                let secret = config::secret::resolve(&a.key)
+                    .map_err(|e| StartError::Load(format!("audit.key: {e}")))?;
+                let key = audit::ChainKey::from_secret(&secret)
+                    .map_err(|e| StartError::Load(format!("audit.key {}: {e}", a.key)))?;
+                Some(
+                    audit::AuditLog::open(&a.dir, key, a.stdout, Some(metrics.clone()))
+                        .map_err(StartError::Load)?,
+                )
+            }
+        },
         replay: pipeline::signature::ReplayCache::new(config.signatures.max_nonces),
         sessions: Arc::new(credentials::sessions::Sessions::new(config.tokens.limits())),
         upstream,

@@ -33,6 +33,8 @@ pub enum Reject {
     UpstreamTimeout,
     /// No valid Schwab credential to inject.
     UpstreamCredentials,
+    /// The audit trail could not record a state-changing request: refused.
+    AuditUnavailable,
     /// A caller that must sign sent no valid signature (the code says why).
     Signature(&'static str),
     /// The proxy's token endpoint refused a grant (the OAuth error code);
@@ -66,6 +68,7 @@ impl Reject {
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::UpstreamCredentials => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Signature(_) => StatusCode::UNAUTHORIZED,
+            Reject::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::TokenGrant("invalid_client") => StatusCode::UNAUTHORIZED,
             Reject::TokenGrant("temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
@@ -92,6 +95,7 @@ impl Reject {
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamCredentials => "upstream_credentials_unavailable",
             Reject::TokenGrant(code) | Reject::Signature(code) => code,
+            Reject::AuditUnavailable => "audit_unavailable",
             Reject::Internal => "internal_error",
         }
     }
@@ -118,6 +122,7 @@ impl Reject {
             Reject::UpstreamTimeout => "the broker API did not answer in time",
             Reject::UpstreamCredentials => "the proxy has no valid broker credentials",
             Reject::TokenGrant(_) => "the token request was refused",
+            Reject::AuditUnavailable => "the audit trail cannot record this order right now",
             Reject::Signature(_) => {
                 "this caller must sign its requests (RFC 9421: @method, @target-uri, \
                  content-digest; created, keyid, nonce); the signature is missing or not valid"

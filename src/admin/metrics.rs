@@ -24,6 +24,9 @@ pub struct Metrics {
     pub upstream_token_expiry: IntGaugeVec,
     pub upstream_token_refreshes: IntCounterVec,
     pub token_grants: IntCounterVec,
+    pub audit_records: prometheus::IntCounter,
+    pub audit_write_errors: prometheus::IntCounter,
+    pub audit_fsync: prometheus::Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -127,6 +130,19 @@ impl Metrics {
             ),
             &["grant", "outcome"],
         )?;
+        let audit_records =
+            prometheus::IntCounter::new("audit_records_total", "Audit records written (fsync'ed)")?;
+        let audit_write_errors = prometheus::IntCounter::new(
+            "audit_write_errors_total",
+            "Audit batches that could not be written or fsync'ed",
+        )?;
+        let audit_fsync = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_write_seconds",
+                "Time to write and fsync one batch of audit records (group commit)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -144,6 +160,9 @@ impl Metrics {
             Box::new(upstream_token_expiry.clone()),
             Box::new(upstream_token_refreshes.clone()),
             Box::new(token_grants.clone()),
+            Box::new(audit_records.clone()),
+            Box::new(audit_write_errors.clone()),
+            Box::new(audit_fsync.clone()),
             Box::new(build),
         ] {
             registry.register(c)?;
@@ -164,6 +183,9 @@ impl Metrics {
             upstream_token_expiry,
             upstream_token_refreshes,
             token_grants,
+            audit_records,
+            audit_write_errors,
+            audit_fsync,
         })
     }
 

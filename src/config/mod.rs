@@ -55,6 +55,9 @@ pub struct Config {
     /// Request signatures (callers with `signing_keys`).
     #[serde(default)]
     pub signatures: SignaturesConfig,
+    /// The audit trail (docs/audit.md).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// The file this configuration was read from (not a key): a reload
     /// (SIGHUP) reads it again.
     #[serde(skip)]
@@ -535,6 +538,19 @@ pub enum SigningAlg {
     HmacSha256,
     #[serde(rename = "ed25519")]
     Ed25519,
+}
+
+/// The audit trail: chained JSON lines in `dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the `audit-*.jsonl` files (created 0700).
+    pub dir: PathBuf,
+    /// The chain key: 32+ random bytes, base64, by secret reference.
+    pub key: SecretRef,
+    /// Also write each record to stdout (a log pipeline ships it).
+    #[serde(default)]
+    pub stdout: bool,
 }
 
 /// Request-signature checks for callers with signing keys.

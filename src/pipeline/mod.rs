@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub rejected: Option<Reject>,
     /// Answered by the proxy itself (the token endpoint), not a route.
     pub endpoint: Option<&'static str>,
+    /// The new order's id, from the `Location` of Schwab's 201.
+    pub order_id: Option<String>,
     /// Request-specific text for the error body (the order parser's message).
     pub detail: Option<String>,
 }
@@ -80,6 +82,7 @@ impl RequestCtx {
             decision: None,
             rejected: None,
             endpoint: None,
+            order_id: None,
             detail: None,
         }
     }
@@ -121,6 +124,8 @@ pub struct Proxy {
     pub replay: signature::ReplayCache,
     /// Unix seconds when the proxy started.
     pub started_unix: i64,
+    /// The audit trail, when configured.
+    pub audit: Option<crate::audit::AuditLog>,
     pub upstream: Upstream,
     /// Where `Authorization: Bearer <Schwab access token>` comes from.
     pub upstream_auth: crate::credentials::UpstreamAuth,
@@ -195,9 +200,18 @@ impl Proxy {
         self.decide(ctx)?;
         let authorization = self.upstream_auth.header().await?;
         let upstream_req = self.build_upstream_request(ctx, &parts, body, authorization)?;
+        self.audit_intent(ctx, &parts.method).await?;
         let (mut resp, latency) = self.upstream.send(upstream_req).await?;
         ctx.upstream_status = Some(resp.status());
         ctx.upstream_latency = Some(latency);
+        if resp.status() == StatusCode::CREATED {
+            ctx.order_id = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| l.rsplit_once("/orders/"))
+                .map(|(_, id)| id.chars().take(64).collect());
+        }
         headers::clean_response_headers(resp.headers_mut());
         Ok(resp)
     }
@@ -558,6 +572,9 @@ impl Proxy {
             m.rejections.with_label_values(&[r.code()]).inc();
         }
         m.in_flight.dec();
+        if let Some(audit) = &self.audit {
+            audit.record(self.audit_record(ctx, method, Some(status), cancelled, "outcome"));
+        }
         tracing::info!(
             peer = %ctx.peer,
             method = %method,
@@ -575,6 +592,118 @@ impl Proxy {
             upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),
             "request"
         );
+    }
+}
+
+/// State-changing order actions: an intent record is on disk before they
+/// go upstream.
+fn changes_state(action: &str) -> bool {
+    matches!(action, "PlaceOrder" | "ReplaceOrder" | "CancelOrder")
+}
+
+impl Proxy {
+    /// For a state-changing request: the intent record, fsync'ed, before
+    /// anything goes upstream. No audit, no order (fail closed).
+    async fn audit_intent(&self, ctx: &RequestCtx, method: &http::Method) -> Result<(), Reject> {
+        let (Some(audit), Some(m)) = (&self.audit, &ctx.route) else {
+            return Ok(());
+        };
+        if !changes_state(&self.routes.get(m).action) {
+            return Ok(());
+        }
+        let intent = self.audit_record(ctx, method, None, false, "intent");
+        audit.durable(intent).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "the intent record could not be written; order refused");
+            Reject::AuditUnavailable
+        })
+    }
+
+    /// The audit record of a request as it stands.
+    fn audit_record(
+        &self,
+        ctx: &RequestCtx,
+        method: &http::Method,
+        status: Option<StatusCode>,
+        cancelled: bool,
+        kind: &'static str,
+    ) -> crate::audit::Record {
+        use crate::audit::record::{DecisionRecord, Details, Leg, mask_account};
+        let (route, action, account) = match &ctx.route {
+            Some(m) => {
+                let r = self.routes.get(m);
+                (
+                    r.name.to_string(),
+                    r.action.to_string(),
+                    self.routes.account(m).map(mask_account),
+                )
+            }
+            None => match ctx.endpoint {
+                Some(e) => (e.to_owned(), "IssueToken".to_owned(), None),
+                None => ("none".to_owned(), "-".to_owned(), None),
+            },
+        };
+        let mut details = Details {
+            account,
+            order_id: ctx.order_id.clone(),
+            ..Details::default()
+        };
+        if let Some(o) = &ctx.order {
+            let first = o.legs.first();
+            details.symbol = first.map(|l| l.symbol.clone());
+            details.side = first.map(|l| l.instruction.clone());
+            details.quantity = Some(o.max_order_quantity);
+            details.order_type = o.order_type.clone();
+            details.price = o.price.map(|p| p.to_string());
+            details.duration = o.duration.clone();
+            if o.legs.len() > 1 {
+                details.legs = Some(
+                    o.legs
+                        .iter()
+                        .map(|l| Leg {
+                            symbol: l.symbol.clone(),
+                            side: l.instruction.clone(),
+                            quantity: l.quantity,
+                        })
+                        .collect(),
+                );
+            }
+        }
+        let result = match (kind, cancelled, ctx.rejected, ctx.upstream_status) {
+            ("intent", _, _, _) => "pending",
+            (_, true, _, _) => "cancelled",
+            (_, _, Some(Reject::Forbidden), _) => "denied",
+            (_, _, Some(_), _) => "rejected",
+            (_, _, None, Some(s)) if s.is_success() => "success",
+            (_, _, None, None) if ctx.endpoint.is_some() => "success",
+            _ => "error",
+        };
+        crate::audit::Record {
+            seq: 0,
+            timestamp: crate::audit::record::timestamp(),
+            kind,
+            request_id: ctx.request_id.clone(),
+            user_id: ctx
+                .caller
+                .as_ref()
+                .map(|c| c.id.to_string())
+                .unwrap_or_else(|| "-".into()),
+            action,
+            details,
+            result,
+            client_ip: ctx.peer.ip().to_canonical().to_string(),
+            session_id: ctx.session_id.as_deref().map(str::to_owned),
+            route,
+            method: method.as_str().to_owned(),
+            http_status: status.map(|s| s.as_u16()),
+            upstream_status: ctx.upstream_status.map(|s| s.as_u16()),
+            latency_ms: (kind == "outcome").then(|| ctx.started.elapsed().as_secs_f64() * 1000.0),
+            decision: ctx.decision.as_ref().map(|d| DecisionRecord {
+                allowed: d.allowed,
+                policies: d.policies.clone(),
+                reason: d.reason.as_deref().map(str::to_owned),
+            }),
+            reason: ctx.rejected.map(|r| r.code().to_owned()),
+        }
     }
 }
 
