@@ -388,3 +388,59 @@ fn a_credential_is_required_and_only_one_kind() {
         "{err}"
     );
 }
+
+#[test]
+fn audit_verify_exit_codes() {
+    let (code, key, _) = portcullis(&["audit", "new-key"]);
+    assert_eq!(code, 0);
+    let d = tempfile::tempdir().unwrap();
+    let key_file = write(&d, "audit.key", key.trim());
+    let dir = d.path().join("audit");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let k = portcullis::audit::ChainKey::from_secret(&secrecy::SecretString::from(
+            key.trim().to_owned(),
+        ))
+        .unwrap();
+        let log = portcullis::audit::AuditLog::open(&dir, k, false, None).unwrap();
+        for i in 0..3 {
+            let mut r = portcullis::audit::Record {
+                seq: 0,
+                timestamp: portcullis::audit::record::timestamp(),
+                kind: "outcome",
+                request_id: format!("r{i}"),
+                user_id: "u".into(),
+                action: "-".into(),
+                details: Default::default(),
+                result: "success",
+                client_ip: "127.0.0.1".into(),
+                session_id: None,
+                route: "none".into(),
+                method: "GET".into(),
+                http_status: None,
+                upstream_status: None,
+                latency_ms: None,
+                decision: None,
+                reason: None,
+            };
+            r.request_id.push('!');
+            log.durable(r).await.unwrap();
+        }
+    });
+    let key_ref = format!("file:{key_file}");
+    let dir_s = dir.display().to_string();
+    let (code, out, err) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK: 3 records"), "{out}");
+    let f = portcullis::audit::writer::files(&dir).unwrap().remove(0);
+    let text = std::fs::read_to_string(&f).unwrap().replace("r1!", "r9!");
+    std::fs::write(&f, text).unwrap();
+    let (code, out, _) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DAMAGED: edited"), "{out}");
+    let (code, _, err) = portcullis(&["audit", "verify", &dir_s]);
+    assert_eq!(code, 64, "{err}");
+}
