@@ -76,11 +76,12 @@ async fn every_request_is_recorded_and_orders_have_their_intent_on_disk_first() 
         403
     );
 
-    // 4 outcomes + 1 intent.
-    let recs = records(&audit_dir(&h), 5).await;
-    assert_eq!(recs.len(), 5, "{recs:#?}");
+    // The run's start record, 4 outcomes and 1 intent.
+    let recs = records(&audit_dir(&h), 6).await;
+    assert_eq!(recs.len(), 6, "{recs:#?}");
     let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=5).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    assert_eq!(recs[0]["kind"], "start");
     let by = |kind: &str, action: &str| {
         recs.iter()
             .filter(|r| r["kind"] == kind && r["action"] == action)
@@ -140,10 +141,11 @@ async fn every_request_is_recorded_and_orders_have_their_intent_on_disk_first() 
     let r = verify::verify(&files, &demo_key(&h)).unwrap();
     assert_eq!(
         (r.records, r.problem.clone()),
-        (5, None),
+        (6, None),
         "{}",
         verify::describe(&r)
     );
+    assert_eq!(r.exit_code(), verify::EXIT_OK);
 }
 
 #[tokio::test]
@@ -173,7 +175,12 @@ async fn orders_are_refused_but_reads_served_when_the_trail_cannot_be_written() 
         200
     );
     let m = h.admin_get("/metrics").await.text();
-    assert!(!m.contains("portcullis_audit_write_errors_total 0"), "{m}");
+    let errors: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_audit_write_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the audit error metric");
+    assert!(errors >= 1, "{m}");
 }
 
 fn record(i: u64) -> Record {
@@ -221,10 +228,11 @@ async fn the_chain_continues_across_restarts_and_verify_names_the_damage() {
     write_chain(d.path(), &key, 3).await; // a restart: a new file, same chain
     let files = portcullis::audit::writer::files(d.path()).unwrap();
     assert_eq!(files.len(), 2);
+    // Each run: its start record, then 3.
     let ok = check(d.path(), &key);
     assert_eq!(
         (ok.records, ok.first_seq, ok.last_seq),
-        (6, Some(1), Some(6))
+        (8, Some(1), Some(8))
     );
     assert_eq!(ok.exit_code(), verify::EXIT_OK);
     // The wrong key: the first record fails.
@@ -235,48 +243,77 @@ async fn the_chain_continues_across_restarts_and_verify_names_the_damage() {
 
     let first = std::fs::read_to_string(&files[0]).unwrap();
     let lines: Vec<&str> = first.lines().collect();
-    let damaged = |name: &str, text: String| {
+    let damaged = |text: String| {
         let dd = tempfile::tempdir().unwrap();
         std::fs::write(dd.path().join("audit-000000000001.jsonl"), text).unwrap();
         std::fs::copy(&files[1], dd.path().join(files[1].file_name().unwrap())).unwrap();
         let r = check(dd.path(), &key);
         let code = r.exit_code();
-        (r.problem.map(|p| (p.damage, p.line)), code, name.to_owned())
+        (r.problem.map(|p| (p.damage, p.line)), code)
     };
     let join = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
-    // Edited: a value changed in record 2.
-    let edited = join(&[lines[0], &lines[1].replace("req-1", "req-X"), lines[2]]);
+    let (l1, l2, l3, l4) = (lines[0], lines[1], lines[2], lines[3]);
+    // Edited: a value changed in record 3.
+    let edited = join(&[l1, l2, &l3.replace("req-1", "req-X"), l4]);
+    assert_eq!(damaged(edited), (Some((Damage::Edited, 3)), 1));
+    // Deleted: record 3 removed.
     assert_eq!(
-        damaged("edited", edited),
-        (Some((Damage::Edited, 2)), 1, "edited".into())
+        damaged(join(&[l1, l2, l4])),
+        (Some((Damage::Deleted, 3)), 1)
     );
-    // Deleted: record 2 removed.
+    // Deleted at the end of a file: the next file does not follow on.
     assert_eq!(
-        damaged("deleted", join(&[lines[0], lines[2]])),
-        (Some((Damage::Deleted, 2)), 1, "deleted".into())
+        damaged(join(&[l1, l2, l3])),
+        (Some((Damage::Deleted, 1)), 1)
     );
-    // Inserted: record 2 copied in again.
+    // Inserted: record 3 copied in again.
     assert_eq!(
-        damaged("inserted", join(&[lines[0], lines[1], lines[1], lines[2]])),
-        (Some((Damage::Inserted, 3)), 1, "inserted".into())
+        damaged(join(&[l1, l2, l3, l3, l4])),
+        (Some((Damage::Inserted, 4)), 1)
     );
-    // Reordered: records 2 and 3 swapped.
+    // Reordered: records 3 and 4 swapped.
     assert_eq!(
-        damaged("reordered", join(&[lines[0], lines[2], lines[1]])),
-        (Some((Damage::Reordered, 2)), 1, "reordered".into())
+        damaged(join(&[l1, l2, l4, l3])),
+        (Some((Damage::Reordered, 3)), 1)
     );
+    // A torn line in a file that is not the last: damage, not a crash.
+    assert_eq!(
+        damaged(format!("{}{}", join(&[l1, l2, l3, l4]), &l4[..20])),
+        (Some((Damage::Garbage, 5)), 1)
+    );
+    // The chain given from its second file only: checked, and said.
+    let partial = verify::verify(&[files[1].clone()], &ChainKey::from_bytes(&key)).unwrap();
+    assert_eq!(
+        (partial.problem.clone(), partial.partial_from),
+        (None, Some(5))
+    );
+    assert!(verify::describe(&partial).contains("starts at seq 5"));
+    // Nothing to verify is an error, not "OK".
+    assert!(verify::verify(&[], &ChainKey::from_bytes(&key)).is_err());
+
     // Torn: the last file's final line cut short by a crash.
     let second = std::fs::read_to_string(&files[1]).unwrap();
     std::fs::write(&files[1], &second[..second.len() - 30]).unwrap();
     let torn = check(d.path(), &key);
     assert_eq!(torn.problem, None);
-    assert_eq!(torn.records, 5);
+    assert_eq!(torn.records, 7);
     assert_eq!(torn.exit_code(), verify::EXIT_TORN);
-    // And the writer continues the chain from the last whole record.
+    // The next run cuts the torn record off, says so in its start record,
+    // and continues the chain from the last whole record.
     write_chain(d.path(), &key, 1).await;
     let after = check(d.path(), &key);
     assert_eq!(
-        (after.records, after.last_seq, after.problem),
-        (6, Some(6), None)
+        (after.records, after.last_seq, after.problem.clone()),
+        (9, Some(9), None)
+    );
+    assert_eq!(after.exit_code(), verify::EXIT_OK);
+    let newest = portcullis::audit::writer::files(d.path())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(
+        std::fs::read_to_string(newest)
+            .unwrap()
+            .contains("torn_tail_dropped")
     );
 }

@@ -434,10 +434,15 @@ fn audit_verify_exit_codes() {
     let dir_s = dir.display().to_string();
     let (code, out, err) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("OK: 3 records"), "{out}");
+    assert!(out.contains("OK: 4 records"), "{out}");
     let f = portcullis::audit::writer::files(&dir).unwrap().remove(0);
-    let text = std::fs::read_to_string(&f).unwrap().replace("r1!", "r9!");
-    std::fs::write(&f, text).unwrap();
+    let original = std::fs::read_to_string(&f).unwrap();
+    // A crash mid-line at the end: exit 2.
+    std::fs::write(&f, format!("{original}{{\"seq\":5,")).unwrap();
+    let (code, out, _) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("torn final line"), "{out}");
+    std::fs::write(&f, original.replace("r1!", "r9!")).unwrap();
     let (code, out, _) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DAMAGED: edited"), "{out}");

@@ -50,8 +50,12 @@ pub struct Report {
     pub last_seq: Option<u64>,
     /// The first damage, if any (verification stops there).
     pub problem: Option<Problem>,
-    /// A final line cut short (a crash while writing): not damage, but said.
+    /// A final line cut short (a crash while writing) at the end of the
+    /// last file: not damage, but said.
     pub torn: Vec<(PathBuf, usize)>,
+    /// The chain did not start at seq 1 (older files retired or not given):
+    /// checked from this record on; what came before cannot be judged.
+    pub partial_from: Option<u64>,
 }
 
 /// Exit codes of `audit verify`.
@@ -94,6 +98,9 @@ fn seq_of(body: &[u8]) -> Option<u64> {
 /// Checks the chain across `files` (in order). A chain that does not start
 /// at seq 1 (older files retired) is taken from its first record on.
 pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
+    if files.is_empty() {
+        return Err("no audit files (audit-*.jsonl) to verify".into());
+    }
     let mut report = Report {
         files: files.len(),
         ..Report::default()
@@ -102,22 +109,44 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
     let mut expected: Option<u64> = None;
     // Recent (seq, mac) pairs, to tell a duplicated record from a reordered one.
     let mut recent: std::collections::VecDeque<(u64, [u8; 32])> = Default::default();
-    for file in files {
+    for (fi, file) in files.iter().enumerate() {
         let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-        // `split` leaves an empty tail after a final newline; anything else
-        // there is a line cut short.
-        if let Some(tail) = lines.pop()
-            && !tail.is_empty()
-        {
-            report.torn.push((file.clone(), lines.len() + 1));
-        }
         let bad = |damage, expected: u64, line| Problem {
             damage,
             expected_seq: expected,
             file: file.clone(),
             line,
         };
+        // `split` leaves an empty tail after a final newline; anything else
+        // there is a line cut short — only a crash at the very end of the
+        // last file leaves one (the writer cuts it off when it restarts).
+        if let Some(tail) = lines.pop()
+            && !tail.is_empty()
+        {
+            if fi + 1 < files.len() {
+                report.problem = Some(bad(Damage::Garbage, expected.unwrap_or(0), lines.len() + 1));
+                return Ok(report);
+            }
+            report.torn.push((file.clone(), lines.len() + 1));
+        }
+        // A file named audit-<seq>.jsonl must start at that seq.
+        let named: Option<u64> = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("audit-"))
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse().ok());
+        let first_seq = lines
+            .first()
+            .and_then(|l| split_line(l))
+            .and_then(|(b, _)| seq_of(&b));
+        if let (Some(n), Some(f)) = (named, first_seq)
+            && n != f
+        {
+            report.problem = Some(bad(Damage::Deleted, n, 1));
+            return Ok(report);
+        }
         for (i, line) in lines.iter().enumerate() {
             let n = i + 1;
             let exp = expected.unwrap_or(0);
@@ -132,6 +161,7 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
             match expected {
                 None if seq != 1 => {
                     // Older records retired: start the chain here, on trust.
+                    report.partial_from = Some(seq);
                     prev = mac;
                 }
                 Some(e) if seq != e => {
@@ -194,6 +224,12 @@ pub fn describe(r: &Report) -> String {
             r.records
         ),
     };
+    if let Some(from) = r.partial_from {
+        out.push_str(&format!(
+            "\nnote: the chain starts at seq {from}, not 1: records before it were not given \
+             and cannot be judged (its first record is taken on trust)"
+        ));
+    }
     for (f, line) in &r.torn {
         out.push_str(&format!(
             "\nnote: {}:{line} is a torn final line (a crash while writing); the records before it are intact",

@@ -62,6 +62,10 @@ pub struct RequestCtx {
     pub endpoint: Option<&'static str>,
     /// The new order's id, from the `Location` of Schwab's 201.
     pub order_id: Option<String>,
+    /// The intent record is written: the request is on its way upstream.
+    pub forwarding: bool,
+    /// The outcome record is already queued.
+    pub outcome_queued: bool,
     /// Request-specific text for the error body (the order parser's message).
     pub detail: Option<String>,
 }
@@ -83,6 +87,8 @@ impl RequestCtx {
             rejected: None,
             endpoint: None,
             order_id: None,
+            forwarding: false,
+            outcome_queued: false,
             detail: None,
         }
     }
@@ -172,9 +178,26 @@ impl Proxy {
                 rej.into_detailed_response(&ctx.request_id, reason, ctx.detail.as_deref())
             }
         };
+        // An order's outcome (with Schwab's order id) is on disk before the
+        // caller hears of it; other outcomes are group-committed behind.
+        let durable = self.mutates(&done.ctx) && done.ctx.forwarding;
+        if let (true, Some(audit)) = (durable, &self.audit) {
+            let outcome = self.audit_record(
+                &done.ctx,
+                &done.method,
+                Some(response.status()),
+                false,
+                "outcome",
+            );
+            // Queued now: a disconnect during the wait must not add another.
+            done.ctx.outcome_queued = true;
+            if let Err(e) = audit.durable(outcome).await {
+                tracing::error!(error = %e, "an order's outcome record could not be written");
+            }
+        }
         done.finished = true;
         let _in_span = done.span.enter();
-        self.record(&done.ctx, &done.method, response.status(), false);
+        self.record(&done.ctx, &done.method, response.status(), false, !durable);
         with_request_id(response, &done.ctx.request_id)
     }
 
@@ -537,7 +560,14 @@ impl Proxy {
 
     /// Runs for every request, however it ended: metrics and the request
     /// log line. `cancelled`: the client went away before the response.
-    fn record(&self, ctx: &RequestCtx, method: &http::Method, status: StatusCode, cancelled: bool) {
+    fn record(
+        &self,
+        ctx: &RequestCtx,
+        method: &http::Method,
+        status: StatusCode,
+        cancelled: bool,
+        audit: bool,
+    ) {
         let (route_name, action) = match &ctx.route {
             Some(m) => {
                 let r = self.routes.get(m);
@@ -572,8 +602,8 @@ impl Proxy {
             m.rejections.with_label_values(&[r.code()]).inc();
         }
         m.in_flight.dec();
-        if let Some(audit) = &self.audit {
-            audit.record(self.audit_record(ctx, method, Some(status), cancelled, "outcome"));
+        if let (true, Some(log)) = (audit, &self.audit) {
+            log.record(self.audit_record(ctx, method, Some(status), cancelled, "outcome"));
         }
         tracing::info!(
             peer = %ctx.peer,
@@ -595,27 +625,34 @@ impl Proxy {
     }
 }
 
-/// State-changing order actions: an intent record is on disk before they
-/// go upstream.
-fn changes_state(action: &str) -> bool {
-    matches!(action, "PlaceOrder" | "ReplaceOrder" | "CancelOrder")
-}
-
 impl Proxy {
     /// For a state-changing request: the intent record, fsync'ed, before
     /// anything goes upstream. No audit, no order (fail closed).
-    async fn audit_intent(&self, ctx: &RequestCtx, method: &http::Method) -> Result<(), Reject> {
+    async fn audit_intent(
+        &self,
+        ctx: &mut RequestCtx,
+        method: &http::Method,
+    ) -> Result<(), Reject> {
         let (Some(audit), Some(m)) = (&self.audit, &ctx.route) else {
             return Ok(());
         };
-        if !changes_state(&self.routes.get(m).action) {
+        if !self.routes.get(m).mutates {
             return Ok(());
         }
         let intent = self.audit_record(ctx, method, None, false, "intent");
+        ctx.forwarding = true;
         audit.durable(intent).await.map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "the intent record could not be written; order refused");
             Reject::AuditUnavailable
         })
+    }
+
+    /// Whether the request changes state at the broker (its outcome record
+    /// is durable before the response goes back).
+    fn mutates(&self, ctx: &RequestCtx) -> bool {
+        ctx.route
+            .as_ref()
+            .is_some_and(|m| self.routes.get(m).mutates)
     }
 
     /// The audit record of a request as it stands.
@@ -642,9 +679,19 @@ impl Proxy {
                 None => ("none".to_owned(), "-".to_owned(), None),
             },
         };
+        // A new order's id from Schwab's Location; a cancel's or replace's
+        // from its path.
+        let order_id = ctx.order_id.clone().or_else(|| {
+            ctx.route.as_ref().and_then(|m| {
+                m.params
+                    .iter()
+                    .find(|(n, _)| &**n == "orderId")
+                    .map(|(_, v)| v.clone())
+            })
+        });
         let mut details = Details {
             account,
-            order_id: ctx.order_id.clone(),
+            order_id,
             ..Details::default()
         };
         if let Some(o) = &ctx.order {
@@ -670,6 +717,8 @@ impl Proxy {
         }
         let result = match (kind, cancelled, ctx.rejected, ctx.upstream_status) {
             ("intent", _, _, _) => "pending",
+            // Gone after the order left for the broker: it may have been placed.
+            (_, true, _, None) if ctx.forwarding => "unknown",
             (_, true, _, _) => "cancelled",
             (_, _, Some(Reject::Forbidden), _) => "denied",
             (_, _, Some(_), _) => "rejected",
@@ -736,7 +785,9 @@ impl Drop for Finisher<'_> {
         if !self.finished {
             let _in_span = self.span.enter();
             let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            self.proxy.record(&self.ctx, &self.method, status, true);
+            let audit = !self.ctx.outcome_queued;
+            self.proxy
+                .record(&self.ctx, &self.method, status, true, audit);
         }
     }
 }
