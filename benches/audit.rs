@@ -14,9 +14,6 @@ use portcullis::audit::{AuditLog, ChainKey, Record, verify};
 
 fn record(i: u64) -> Record {
     Record {
-        seq: 0,
-        timestamp: portcullis::audit::record::timestamp(),
-        kind: "outcome",
         request_id: format!("{i:032x}"),
         user_id: "demo-trader".into(),
         action: "PlaceOrder".into(),
@@ -31,9 +28,7 @@ fn record(i: u64) -> Record {
             account: Some("36F5…3724".into()),
             legs: None,
         },
-        result: "success",
         client_ip: "127.0.0.1".into(),
-        session_id: None,
         route: "order_place".into(),
         method: "POST".into(),
         http_status: Some(201),
@@ -44,7 +39,7 @@ fn record(i: u64) -> Record {
             policies: vec!["trader-trade-own-accounts".into()],
             reason: None,
         }),
-        reason: None,
+        ..Record::blank("outcome")
     }
 }
 

@@ -291,7 +291,13 @@ pub fn main() -> ExitCode {
             runtime(async move {
                 let (trigger, shutdown) = server::shutdown_channel();
                 let (handle, task) = demo::start(&opts, shutdown).await?;
-                println!("{}", demo::banner(&handle, &opts.dir));
+                {
+                    // Best effort: a reader that went away must not stop the demo.
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let banner = demo::banner(&handle, &opts.dir);
+                    let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
+                }
                 tokio::spawn(on_signals(trigger));
                 task.await
                     .map_err(|e| StartError::Internal(e.to_string()))?
@@ -588,14 +594,21 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
     let token_path = args.dir.join("access-token");
     demo::write_private(&token_path, token.as_bytes())
         .map_err(|e| StartError::Load(format!("{}: {e}", token_path.display())))?;
-    println!(
+    // A reader that went away (`portcullis sim | head -1`) must not stop
+    // the simulator: the banner is best effort.
+    let banner = format!(
         "Schwab simulator on https://{addr}\n  CA certificate: {}\n  app key: {}\n  \
-         an access token (valid {}s) is in {}\n  journal: GET/DELETE https://{addr}/__sim/journal",
+         an access token (valid {}s) is in {}\n  journal: GET/DELETE https://{addr}/__sim/journal\n",
         args.dir.join("ca.pem").display(),
         args.app_key,
         args.access_token_ttl.0.as_secs(),
         token_path.display()
     );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     let (trigger, shutdown) = server::shutdown_channel();
     tokio::spawn(on_signals(trigger));
     let opts = ServeOptions {

@@ -185,23 +185,10 @@ async fn orders_are_refused_but_reads_served_when_the_trail_cannot_be_written() 
 
 fn record(i: u64) -> Record {
     Record {
-        seq: 0,
-        timestamp: portcullis::audit::record::timestamp(),
-        kind: "outcome",
         request_id: format!("req-{i}"),
         user_id: "bot".into(),
         action: "ViewMarketData".into(),
-        details: Default::default(),
-        result: "success",
-        client_ip: "127.0.0.1".into(),
-        session_id: None,
-        route: "quotes".into(),
-        method: "GET".into(),
-        http_status: Some(200),
-        upstream_status: Some(200),
-        latency_ms: Some(1.0),
-        decision: None,
-        reason: None,
+        ..Record::blank("outcome")
     }
 }
 

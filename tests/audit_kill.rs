@@ -48,11 +48,12 @@ async fn kill_9_under_load_loses_no_intent_record() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n).display().to_string();
 
-    // The simulator, in its own process.
+    // The simulator, in its own process (its stdout is closed once the
+    // address is read: it must keep running).
     let mut sim = Command::new(BIN)
         .args(["sim", "--dir", &p("sim"), "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(d.path().join("sim.log")).unwrap())
         .spawn()
         .unwrap();
     let sim_addr = wait_for(sim.stdout.take().unwrap(), |l| {
@@ -82,17 +83,30 @@ async fn kill_9_under_load_loses_no_intent_record() {
         audit_key = p("audit.key"),
     );
     std::fs::write(p("proxy.yaml"), config).unwrap();
+    let log = std::fs::File::create(p("proxy.log")).unwrap();
     let mut proxy = Command::new(BIN)
         .args(["run", "--config", &p("proxy.yaml")])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
-    let proxy_addr = wait_for(proxy.stderr.take().unwrap(), |l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        (v["message"] == "proxy listening").then(|| v["address"].as_str().unwrap().to_owned())
-    });
-    let port = proxy_addr.rsplit(':').next().unwrap().to_owned();
+    let port = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(p("proxy.log")).unwrap_or_default();
+            let found = text.lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "proxy listening")
+                    .then(|| v["address"].as_str()?.rsplit(':').next().map(str::to_owned))
+                    .flatten()
+            });
+            if let Some(port) = found {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "the proxy did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
 
     // Orders from 16 connections until the proxy dies.
     let ca = std::fs::read_to_string(p("sim/ca.pem")).unwrap();
@@ -142,7 +156,12 @@ async fn kill_9_under_load_loses_no_intent_record() {
         let _ = l.await;
     }
     let placed = ok.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(placed >= 100, "too little load before the kill: {placed}");
+    assert!(
+        placed >= 100,
+        "too little load before the kill: {placed}\nproxy: {}\nsim: {}",
+        std::fs::read_to_string(p("proxy.log")).unwrap_or_default(),
+        std::fs::read_to_string(p("sim.log")).unwrap_or_default()
+    );
 
     // What the simulator received …
     let req = http::Request::builder()

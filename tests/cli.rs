@@ -408,23 +408,8 @@ fn audit_verify_exit_codes() {
         let log = portcullis::audit::AuditLog::open(&dir, k, false, None).unwrap();
         for i in 0..3 {
             let mut r = portcullis::audit::Record {
-                seq: 0,
-                timestamp: portcullis::audit::record::timestamp(),
-                kind: "outcome",
                 request_id: format!("r{i}"),
-                user_id: "u".into(),
-                action: "-".into(),
-                details: Default::default(),
-                result: "success",
-                client_ip: "127.0.0.1".into(),
-                session_id: None,
-                route: "none".into(),
-                method: "GET".into(),
-                http_status: None,
-                upstream_status: None,
-                latency_ms: None,
-                decision: None,
-                reason: None,
+                ..portcullis::audit::Record::blank("outcome")
             };
             r.request_id.push('!');
             log.durable(r).await.unwrap();

@@ -64,6 +64,32 @@ pub struct DecisionRecord {
     pub reason: Option<String>,
 }
 
+impl Record {
+    /// A record of `kind` stamped now, every other field empty (`-` or
+    /// none); the writer assigns `seq`.
+    pub fn blank(kind: &'static str) -> Record {
+        Record {
+            seq: 0,
+            timestamp: timestamp(),
+            kind,
+            request_id: "-".into(),
+            user_id: "-".into(),
+            action: "-".into(),
+            details: Details::default(),
+            result: "success",
+            client_ip: "-".into(),
+            session_id: None,
+            route: "-".into(),
+            method: "-".into(),
+            http_status: None,
+            upstream_status: None,
+            latency_ms: None,
+            decision: None,
+            reason: None,
+        }
+    }
+}
+
 /// `ABCD…WXYZ`: enough to tell accounts apart, not enough to be one.
 pub fn mask_account(hash: &str) -> String {
     if hash.len() <= 8 {
@@ -74,15 +100,5 @@ pub fn mask_account(hash: &str) -> String {
 
 /// Now, RFC 3339 UTC with milliseconds.
 pub fn timestamp() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    crate::policy::clock::rfc3339_utc(time::OffsetDateTime::now_utc(), true)
 }

@@ -136,23 +136,9 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 /// The first record of every run.
 fn start_record(dropped: u64) -> Record {
     Record {
-        seq: 0,
-        timestamp: super::record::timestamp(),
-        kind: "start",
-        request_id: "-".into(),
-        user_id: "-".into(),
         action: "AuditStart".into(),
-        details: Default::default(),
-        result: "success",
-        client_ip: "-".into(),
-        session_id: None,
-        route: "-".into(),
-        method: "-".into(),
-        http_status: None,
-        upstream_status: None,
-        latency_ms: None,
-        decision: None,
         reason: (dropped > 0).then(|| format!("torn_tail_dropped:{dropped}_bytes")),
+        ..Record::blank("start")
     }
 }
 

@@ -12,16 +12,26 @@ use time::{Date, Month, OffsetDateTime};
 /// seconds: enough for any time rule, and it lets the request context
 /// reuse one built value per second (see `context::ext`).
 pub fn cedar_datetime(t: OffsetDateTime) -> String {
+    rfc3339_utc(t, false)
+}
+
+/// `t` in UTC as `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+pub fn rfc3339_utc(t: OffsetDateTime, millis: bool) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-    )
+    );
+    if millis {
+        s.push_str(&format!(".{:03}", t.millisecond()));
+    }
+    s.push('Z');
+    s
 }
 
 /// Weekday (1 = Monday … 7 = Sunday) and minute of the day in New York.
