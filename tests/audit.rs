@@ -150,11 +150,14 @@ async fn every_request_is_recorded_and_orders_have_their_intent_on_disk_first() 
 
 #[tokio::test]
 async fn orders_are_refused_but_reads_served_when_the_trail_cannot_be_written() {
-    let h = Harness::start().await;
-    // The audit directory replaced by a file: nothing can be written.
-    let dir = audit_dir(&h);
-    std::fs::remove_dir_all(&dir).unwrap();
+    // The audit directory's path is taken by a file: nothing can be written.
+    let blocked = tempfile::tempdir().unwrap();
+    let dir = blocked.path().join("audit");
     std::fs::write(&dir, "not a directory").unwrap();
+    let h = Harness::start_with(Default::default(), move |c| {
+        c.audit.as_mut().unwrap().dir = dir;
+    })
+    .await;
     let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
     let r = h.send("POST", &orders, Some(TRADER), Some(LIMIT)).await;
     assert_eq!(r.status, 503, "{}", r.text());

@@ -59,19 +59,39 @@ impl AuditLog {
         stdout: bool,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<AuditLog, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("audit.dir {}: {e}", dir.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
-        let (head, dropped) = recover_head(dir)?;
+        // A directory that cannot be prepared, or a chain that cannot be
+        // recovered, does not stop the proxy: the writer starts broken, every
+        // record fails (so orders are refused, reads served) and it says why.
+        let prepared = std::fs::create_dir_all(dir)
+            .map_err(|e| format!("audit.dir {}: {e}", dir.display()))
+            .and_then(|()| {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                }
+                recover_head(dir)
+            });
+        let (head, dropped, broken) = match prepared {
+            Ok((head, dropped)) => (head, dropped, None),
+            Err(e) => {
+                tracing::error!(error = %e, "the audit trail cannot be written: orders will be refused");
+                (
+                    Head {
+                        seq: 0,
+                        mac: [0u8; 32],
+                    },
+                    0,
+                    Some(e),
+                )
+            }
+        };
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let dir_owned = dir.to_path_buf();
         let m = metrics.clone();
         std::thread::Builder::new()
             .name("portcullis-audit".into())
-            .spawn(move || write_loop(&dir_owned, &key, head, rx, stdout, m.as_deref()))
+            .spawn(move || write_loop(&dir_owned, &key, head, broken, rx, stdout, m.as_deref()))
             .map_err(|e| format!("audit writer thread: {e}"))?;
         let log = AuditLog {
             tx,
@@ -210,12 +230,12 @@ fn write_loop(
     dir: &Path,
     key: &ChainKey,
     mut head: Head,
+    mut broken: Option<String>,
     rx: mpsc::Receiver<Job>,
     stdout: bool,
     metrics: Option<&Metrics>,
 ) {
     let mut file: Option<(std::fs::File, u64)> = None;
-    let mut broken: Option<String> = None;
     let mut retry: Vec<Job> = Vec::new();
     loop {
         let mut batch = std::mem::take(&mut retry);
