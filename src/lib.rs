@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod halt;
 pub mod keys;
 pub mod pipeline;
 pub mod policy;
@@ -179,6 +180,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         signature_window: config.signatures.window.0,
         signature_authorities: config.signatures.authorities.clone(),
         started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+        kill_switch: halt::KillSwitch::load(config.kill_switch.state_file.as_deref()),
         audit: match &config.audit {
             None => None,
             Some(a) => {

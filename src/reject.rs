@@ -33,6 +33,8 @@ pub enum Reject {
     UpstreamTimeout,
     /// No valid Schwab credential to inject.
     UpstreamCredentials,
+    /// Trading is halted (kill switch): order actions refused, reads go on.
+    TradingHalted,
     /// The audit trail could not record a state-changing request: refused.
     AuditUnavailable,
     /// A caller that must sign sent no valid signature (the code says why).
@@ -69,6 +71,7 @@ impl Reject {
             Reject::UpstreamCredentials => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Signature(_) => StatusCode::UNAUTHORIZED,
             Reject::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::TradingHalted => StatusCode::FORBIDDEN,
             Reject::TokenGrant("invalid_client") => StatusCode::UNAUTHORIZED,
             Reject::TokenGrant("temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
@@ -96,6 +99,7 @@ impl Reject {
             Reject::UpstreamCredentials => "upstream_credentials_unavailable",
             Reject::TokenGrant(code) | Reject::Signature(code) => code,
             Reject::AuditUnavailable => "audit_unavailable",
+            Reject::TradingHalted => "trading_halted",
             Reject::Internal => "internal_error",
         }
     }
@@ -123,6 +127,7 @@ impl Reject {
             Reject::UpstreamCredentials => "the proxy has no valid broker credentials",
             Reject::TokenGrant(_) => "the token request was refused",
             Reject::AuditUnavailable => "the audit trail cannot record this order right now",
+            Reject::TradingHalted => "trading is halted by an administrator; reads continue",
             Reject::Signature(_) => {
                 "this caller must sign its requests (RFC 9421: @method, @target-uri, \
                  content-digest; created, keyid, nonce); the signature is missing or not valid"

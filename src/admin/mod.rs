@@ -34,6 +34,9 @@ impl Admin {
         if path == "/credentials/status" || path == "/credentials/reload" {
             return self.credentials(&req, peer).await;
         }
+        if path == "/admin/halt" || path == "/admin/status" {
+            return self.halt(&req, peer);
+        }
         if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -203,6 +206,70 @@ impl Admin {
             })
             .to_string(),
         )
+    }
+
+    /// The kill switch: `GET /admin/status` (`ViewStatus`), `POST
+    /// /admin/halt[?reason=…]` (`HaltTrading`: any Admin, no MFA — stopping
+    /// must be quick), `DELETE /admin/halt` (`ResumeTrading`: the shipped
+    /// policies want MFA).
+    fn halt<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
+        let rid = crate::pipeline::new_request_id();
+        let action = match (req.uri().path(), req.method()) {
+            ("/admin/status", &http::Method::GET) => "ViewStatus",
+            ("/admin/halt", &http::Method::POST) => "HaltTrading",
+            ("/admin/halt", &http::Method::DELETE) => "ResumeTrading",
+            _ => {
+                return error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "GET /admin/status, POST or DELETE /admin/halt",
+                    &rid,
+                );
+            }
+        };
+        if let Some(denied) = self.refusal(req, peer, action, &rid) {
+            return denied;
+        }
+        let who = self
+            .proxy
+            .identify(req.headers(), req.extensions())
+            .map(|w| w.caller.id.to_string())
+            .unwrap_or_default();
+        let result = match action {
+            "HaltTrading" => {
+                let q = crate::sim::Query::parse(req.uri().query().unwrap_or(""));
+                let reason = q.get("reason").map(|r| r.chars().take(200).collect());
+                self.proxy.kill_switch.set(true, &who, reason)
+            }
+            "ResumeTrading" => self.proxy.kill_switch.set(false, &who, None),
+            _ => Ok(self.proxy.kill_switch.state()),
+        };
+        match result {
+            Ok(state) => {
+                let mut body = serde_json::json!({ "trading": state });
+                if action == "ViewStatus"
+                    && let Some(obj) = body.as_object_mut()
+                {
+                    let active = self.proxy.policy.current();
+                    obj.insert("policy_hash".into(), active.bundle.hash.clone().into());
+                    obj.insert(
+                        "upstream_credentials".into(),
+                        self.proxy.upstream_auth.ready().into(),
+                    );
+                    obj.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+                }
+                json(StatusCode::OK, body.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, action, "the halt state could not be saved");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "halt_state_unsaved",
+                    "the halt state could not be saved; trading stays halted",
+                    &rid,
+                )
+            }
+        }
     }
 
     /// `POST /policies/reload`: the caller is identified by its key and the

@@ -58,6 +58,9 @@ pub struct Config {
     /// The audit trail (docs/audit.md).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// The trading halt (kill switch).
+    #[serde(default)]
+    pub kill_switch: KillSwitchConfig,
     /// The file this configuration was read from (not a key): a reload
     /// (SIGHUP) reads it again.
     #[serde(skip)]
@@ -538,6 +541,16 @@ pub enum SigningAlg {
     HmacSha256,
     #[serde(rename = "ed25519")]
     Ed25519,
+}
+
+/// Where the kill switch's state is kept across restarts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillSwitchConfig {
+    /// The halt state file (JSON, written atomically). Absent: a halt lasts
+    /// until the process ends.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 /// The audit trail: chained JSON lines in `dir`.

@@ -132,6 +132,8 @@ pub struct Proxy {
     pub started_unix: i64,
     /// The audit trail, when configured.
     pub audit: Option<crate::audit::AuditLog>,
+    /// The trading halt.
+    pub kill_switch: crate::halt::KillSwitch,
     pub upstream: Upstream,
     /// Where `Authorization: Bearer <Schwab access token>` comes from.
     pub upstream_auth: crate::credentials::UpstreamAuth,
@@ -221,6 +223,9 @@ impl Proxy {
         self.check_signature(ctx, &parts, &body)?;
         self.parse_order(ctx, &parts.headers, &body)?;
         self.decide(ctx)?;
+        if self.kill_switch.is_halted() && self.mutates(ctx) {
+            return Err(Reject::TradingHalted);
+        }
         let authorization = self.upstream_auth.header().await?;
         let upstream_req = self.build_upstream_request(ctx, &parts, body, authorization)?;
         self.audit_intent(ctx, &parts.method).await?;

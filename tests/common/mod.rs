@@ -209,13 +209,18 @@ impl Harness {
 
     /// POST on the admin listener with a caller key.
     pub async fn admin_post(&self, path: &str, key: Option<&str>) -> Reply {
+        self.admin_call("POST", path, key).await
+    }
+
+    /// Any method on the admin listener with a caller key.
+    pub async fn admin_call(&self, method: &str, path: &str, key: Option<&str>) -> Reply {
         let auth = key
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
         let resp = raw_plain(
             self.admin,
             &format!(
-                "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
             ),
         )
         .await;
