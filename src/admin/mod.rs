@@ -85,21 +85,21 @@ impl Admin {
 
 impl Admin {
     /// Identifies the caller (API key or proxy token) and asks Cedar whether
-    /// it may do `action` on the proxy: `None` if so, else the refusal.
-    fn refusal<B>(
+    /// it may do `action` on the proxy: the caller's id if so, else the
+    /// refusal to send.
+    fn admit<B>(
         &self,
         req: &Request<B>,
         peer: SocketAddr,
         action: &str,
         rid: &str,
-    ) -> Option<Response<ProxyBody>> {
-        if let Err(r) = crate::pipeline::check_request_headers(req.headers()) {
-            return Some(r.into_response(rid));
-        }
-        let who = match self.proxy.identify(req.headers(), req.extensions()) {
-            Ok(w) => w,
-            Err(r) => return Some(r.into_response(rid)),
-        };
+    ) -> Result<Arc<str>, Box<Response<ProxyBody>>> {
+        let refuse = |r: Reject| Box::new(r.into_response(rid));
+        crate::pipeline::check_request_headers(req.headers()).map_err(refuse)?;
+        let who = self
+            .proxy
+            .identify(req.headers(), req.extensions())
+            .map_err(refuse)?;
         // A caller that signs, signs here too (admin requests carry no body).
         if let Err(r) = self.proxy.verify_signature(
             &who.caller,
@@ -109,7 +109,7 @@ impl Admin {
             req.extensions(),
             b"",
         ) {
-            return Some(r.into_response(rid));
+            return Err(refuse(r));
         }
         let decision = self
             .proxy
@@ -122,9 +122,14 @@ impl Admin {
             policies = %decision.policies.join(","),
             "admin request"
         );
-        (!decision.allowed).then(|| {
-            Reject::Forbidden.into_detailed_response(rid, decision.reason.as_deref(), None)
-        })
+        if !decision.allowed {
+            return Err(Box::new(Reject::Forbidden.into_detailed_response(
+                rid,
+                decision.reason.as_deref(),
+                None,
+            )));
+        }
+        Ok(who.caller.id.clone())
     }
 
     /// `GET /credentials/status` (`ViewCredentialStatus`): expiries and key
@@ -150,8 +155,8 @@ impl Admin {
                 &rid,
             );
         }
-        if let Some(denied) = self.refusal(req, peer, action, &rid) {
-            return denied;
+        if let Err(denied) = self.admit(req, peer, action, &rid) {
+            return *denied;
         }
         if action == "RotateCredentials" {
             return match self.live.reload("admin").await {
@@ -227,14 +232,10 @@ impl Admin {
                 );
             }
         };
-        if let Some(denied) = self.refusal(req, peer, action, &rid) {
-            return denied;
-        }
-        let who = self
-            .proxy
-            .identify(req.headers(), req.extensions())
-            .map(|w| w.caller.id.to_string())
-            .unwrap_or_default();
+        let who = match self.admit(req, peer, action, &rid) {
+            Ok(id) => id,
+            Err(denied) => return *denied,
+        };
         let result = match action {
             "HaltTrading" => {
                 let q = crate::sim::Query::parse(req.uri().query().unwrap_or(""));
@@ -284,8 +285,8 @@ impl Admin {
                 &rid,
             );
         }
-        if let Some(denied) = self.refusal(req, peer, "ReloadPolicies", &rid) {
-            return denied;
+        if let Err(denied) = self.admit(req, peer, "ReloadPolicies", &rid) {
+            return *denied;
         }
         let p = self.proxy.clone();
         let result = tokio::task::spawn_blocking(move || p.reload_policies("admin")).await;

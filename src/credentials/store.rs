@@ -257,7 +257,7 @@ impl TokenStore {
             // Authenticated, so written by portcullis: a bug or a future field.
             not_store(&format!(
                 "decrypted contents unreadable: {}",
-                e.classify_str()
+                json_error_kind(&e)
             ))
         })
     }
@@ -328,18 +328,13 @@ impl TokenStore {
     }
 }
 
-trait Classify {
-    fn classify_str(&self) -> &'static str;
-}
-
-impl Classify for serde_json::Error {
-    fn classify_str(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "syntax",
-            serde_json::error::Category::Data => "unexpected fields",
-            serde_json::error::Category::Eof => "truncated",
-        }
+/// A serde_json error's category, as a word (its message may quote input).
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "unexpected fields",
+        serde_json::error::Category::Eof => "truncated",
     }
 }
 
