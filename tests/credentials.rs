@@ -387,13 +387,7 @@ async fn app_secret_and_caller_key_rotate_under_load_with_no_failed_request() {
     std::fs::write(&secret_file, "regenerated-app-secret-42\n").unwrap();
     // Long enough for the watcher and for the access token to need refreshing.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let expected = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{}:regenerated-app-secret-42", h.sim.options().app_key)
-        )
-    );
+    let expected = common::basic(&h.sim.options().app_key, "regenerated-app-secret-42");
     let last_refresh = h
         .journal()
         .into_iter()

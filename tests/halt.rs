@@ -56,19 +56,11 @@ async fn halt_stops_orders_not_reads_and_release_needs_mfa() {
         assert_eq!(r.status, 403, "{}", r.text());
         assert_eq!(r.json()["reason"], "mfa_required");
     }
-    let t = portcullis::credentials::totp::Totp::from_base32(&secrecy::SecretString::from(
-        portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
-    ))
-    .unwrap();
-    let code = t.code_at_step(time::OffsetDateTime::now_utc().unix_timestamp() / 30 + 1, 6);
-    let basic = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!("demo-superadmin:{SUPERADMIN}"),
-    );
+    let code = common::demo_otp(1);
     let grant = h
         .post_form(
             "/v1/oauth/token",
-            Some(&format!("Basic {basic}")),
+            Some(&common::basic("demo-superadmin", SUPERADMIN)),
             &format!("grant_type=client_credentials&otp={code}"),
         )
         .await;

@@ -67,7 +67,7 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
         seen.push_str(&r.text());
         seen.push('\n');
     };
-    let basic = |id: &str, s: &str| format!("Basic {}", B64.encode(format!("{id}:{s}")));
+    let basic = common::basic;
 
     // API keys: good, wrong, malformed.
     keep(&h.send("GET", QUOTES, Some(VIEWER), None).await);
@@ -139,11 +139,7 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
         .await,
     );
     // MFA session, admin credential endpoints.
-    let t = portcullis::credentials::totp::Totp::from_base32(&secrecy::SecretString::from(
-        portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
-    ))
-    .unwrap();
-    let code = t.code_at_step(time::OffsetDateTime::now_utc().unix_timestamp() / 30 + 1, 6);
+    let code = common::demo_otp(1);
     let r = h
         .post_form(
             "/v1/oauth/token",

@@ -128,16 +128,7 @@ async fn the_token_endpoint_refuses_a_certificate_of_another_caller() {
                 h.proxy.port()
             ))
             .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "authorization",
-                format!(
-                    "Basic {}",
-                    base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        format!("{id}:{key}")
-                    )
-                ),
-            )
+            .header("authorization", common::basic(id, key))
             .body(Full::new(Bytes::from_static(
                 b"grant_type=client_credentials",
             )))

@@ -3,33 +3,12 @@
 
 mod common;
 
-use base64::Engine;
 use common::{ADMIN, Harness, SUPERADMIN, TRADER, VIEWER};
-use portcullis::credentials::totp::Totp;
-use secrecy::SecretString;
 
 const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
 
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
-}
-
-/// The demo Super Admin's current TOTP code, `steps_ahead` steps from now
-/// (each step may be used once).
-fn otp(steps_ahead: i64) -> String {
-    let t = Totp::from_base32(&SecretString::from(
-        portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
-    ))
-    .unwrap();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    t.code_at_step(now / 30 + steps_ahead, 6)
-}
-
 async fn grant(h: &Harness, id: &str, secret: &str, form: &str) -> common::Reply {
-    h.post_form("/v1/oauth/token", Some(&basic(id, secret)), form)
+    h.post_form("/v1/oauth/token", Some(&common::basic(id, secret)), form)
         .await
 }
 
@@ -191,7 +170,7 @@ async fn credential_management_needs_a_session_with_mfa() {
 
     // With the code: a session with MFA, which may manage credentials.
     // (The next step's code: none from before the proxy started is taken.)
-    let code = otp(1);
+    let code = common::demo_otp(1);
     let r = grant(
         &h,
         "demo-superadmin",
@@ -295,7 +274,7 @@ async fn a_caller_that_requires_tokens_cannot_use_its_key_as_a_bearer() {
 #[tokio::test]
 async fn guessing_one_time_codes_locks_the_second_factor() {
     let h = Harness::start().await;
-    let right = otp(1);
+    let right = common::demo_otp(1);
     let wrong = if right == "000000" {
         "111111"
     } else {

@@ -28,6 +28,26 @@ pub const TRADER: &str = "demo-trader-key";
 pub const ADMIN: &str = "demo-admin-key";
 pub const SUPERADMIN: &str = "demo-superadmin-key";
 
+/// `Basic base64(id:secret)`, as a client authenticates at a token endpoint.
+pub fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+/// The demo Super Admin's TOTP code `steps_ahead` 30-second steps from now
+/// (each step is accepted once; none from before the proxy started).
+pub fn demo_otp(steps_ahead: i64) -> String {
+    let t = portcullis::credentials::totp::Totp::from_base32(&secrecy::SecretString::from(
+        portcullis::demo::DEMO_TOTP_SECRET.to_owned(),
+    ))
+    .expect("demo TOTP secret");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    t.code_at_step(now / 30 + steps_ahead, 6)
+}
+
 /// The configuration entry for an API key.
 pub fn key_hash(key: &str) -> portcullis::config::KeyHash {
     portcullis::config::KeyHash::new(format!("sha256:{}", portcullis::keys::hash_key_hex(key)))
