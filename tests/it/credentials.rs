@@ -2,7 +2,7 @@
 //! background refresh ahead of expiry, an expired refresh token (503, not
 //! ready, recovered by `token init`), and a tampered store.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::io::{BufRead, Read, Write};

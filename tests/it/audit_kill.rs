@@ -3,7 +3,7 @@
 //! real binary), orders stream in from 16 connections, and the process is
 //! killed mid-stream.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

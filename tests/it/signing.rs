@@ -4,7 +4,7 @@
 //! (independently of the proxy's code); the RFC's own vectors are checked in
 //! the unit tests of `pipeline::signature`.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::{Harness, TRADER};

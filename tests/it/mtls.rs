@@ -3,7 +3,7 @@
 //! get a connection; a certificate and a bearer credential of different
 //! callers are refused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! saw is searched for in the log, every response (headers and body) and
 //! the metrics.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Callers' short-lived proxy tokens: the token endpoint, refresh rotation
 //! and reuse detection, TOTP MFA, and MFA-gated credential management.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN, Harness, SUPERADMIN, TRADER, VIEWER};
 

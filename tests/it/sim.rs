@@ -1,7 +1,7 @@
 //! The Schwab simulator on its own, over HTTPS: OAuth, bearer checks, the
 //! journal endpoint, fault injection and Schwab-shaped errors.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

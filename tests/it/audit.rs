@@ -2,7 +2,7 @@
 //! before any order goes upstream, a chain `audit verify` checks, and
 //! orders refused (not reads) when the trail cannot be written.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! is checked twice: the caller gets 403 with a stable reason, and the
 //! simulator's journal shows the request never went upstream.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! releasing needs a Super Admin session with MFA; the state survives a
 //! restart and an unreadable state file means halted.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN, Harness, SUPERADMIN, TRADER, VIEWER};
 use portcullis::halt::KillSwitch;

@@ -2,7 +2,7 @@
 //! Every refusal is checked twice — the status, and that the simulator's
 //! journal never saw the request.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
