@@ -27,6 +27,14 @@ pub struct Metrics {
     pub audit_records: prometheus::IntCounter,
     pub audit_write_errors: prometheus::IntCounter,
     pub audit_fsync: prometheus::Histogram,
+    pub audit_healthy: IntGauge,
+    pub orders: IntCounterVec,
+    pub order_notional: prometheus::CounterVec,
+    pub orders_outside_hours: IntCounterVec,
+    pub policy_denials: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub upstream_responses: IntCounterVec,
+    pub trading_halted: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -143,6 +151,59 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let audit_healthy = IntGauge::new(
+            "audit_healthy",
+            "1 while the last audit batch was written and fsync'ed; 0 while the trail cannot be written (orders are refused)",
+        )?;
+        // Healthy until a write fails (a deployment without an audit trail
+        // has nothing failing; production configurations require one).
+        audit_healthy.set(1);
+        let orders = IntCounterVec::new(
+            Opts::new(
+                "orders_total",
+                "Order requests (place, replace, cancel, preview), by action, side (the legs' instruction, `mixed` when they differ, `none` for a cancel) and outcome (accepted / broker_refused / denied / halted / rejected / failed / cancelled)",
+            ),
+            &["action", "side", "outcome"],
+        )?;
+        let order_notional = prometheus::CounterVec::new(
+            Opts::new(
+                "order_notional_dollars_total",
+                "Notional (price x quantity, x100 for options) of orders the broker accepted, by action; orders without a capping price (MARKET, STOP, ...) add nothing",
+            ),
+            &["action"],
+        )?;
+        let orders_outside_hours = IntCounterVec::new(
+            Opts::new(
+                "orders_outside_market_hours_total",
+                "Orders (place / replace) the broker accepted outside 09:30-16:00 New York time on a weekday (exchange holidays are not known)",
+            ),
+            &["action"],
+        )?;
+        let policy_denials = IntCounterVec::new(
+            Opts::new(
+                "policy_denials_total",
+                "Requests denied by policy, by action and reason (the deciding forbid's @reason, policy_denied without one, not_permitted when no permit applies, policy_error)",
+            ),
+            &["action", "reason"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Failed authentications, by kind: credential (unknown or missing key, token or client secret), signature (a required request signature missing or bad), token_grant (a refused refresh token or one-time code)",
+            ),
+            &["kind"],
+        )?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "upstream_responses_total",
+                "Responses from the broker by status class (429 counted on its own); unreachable or timed out: `unavailable`",
+            ),
+            &["status"],
+        )?;
+        let trading_halted = IntGauge::new(
+            "trading_halted",
+            "1 while the kill switch is engaged (orders refused), else 0",
+        )?;
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -163,6 +224,14 @@ impl Metrics {
             Box::new(audit_records.clone()),
             Box::new(audit_write_errors.clone()),
             Box::new(audit_fsync.clone()),
+            Box::new(audit_healthy.clone()),
+            Box::new(orders.clone()),
+            Box::new(order_notional.clone()),
+            Box::new(orders_outside_hours.clone()),
+            Box::new(policy_denials.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(trading_halted.clone()),
             Box::new(build),
         ] {
             registry.register(c)?;
@@ -186,6 +255,14 @@ impl Metrics {
             audit_records,
             audit_write_errors,
             audit_fsync,
+            audit_healthy,
+            orders,
+            order_notional,
+            orders_outside_hours,
+            policy_denials,
+            auth_failures,
+            upstream_responses,
+            trading_halted,
         })
     }
 
@@ -205,10 +282,58 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts `r` in `auth_failures_total` if it is a failed authentication.
+    pub fn count_auth_failure(&self, r: crate::reject::Reject) {
+        use crate::reject::Reject;
+        let kind = match r {
+            Reject::Unauthenticated | Reject::TokenGrant("invalid_client") => "credential",
+            Reject::Signature(_) => "signature",
+            Reject::TokenGrant("invalid_grant") => "token_grant",
+            _ => return,
+        };
+        self.auth_failures.with_label_values(&[kind]).inc();
+    }
+
     /// Marks `hash` as the active policy set (and only it).
     pub fn set_policy_hash(&self, hash: &str) {
         self.policy_info.reset();
         self.policy_info.with_label_values(&[hash]).set(1);
+    }
+}
+
+/// The `side` label of an order: its legs' instruction when they agree,
+/// `mixed` when they differ, `none` without legs (a cancel); an instruction
+/// outside Schwab's list is `other`, so the label stays bounded.
+pub fn order_side(instructions: &[String]) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "BUY",
+        "SELL",
+        "BUY_TO_COVER",
+        "SELL_SHORT",
+        "BUY_TO_OPEN",
+        "BUY_TO_CLOSE",
+        "SELL_TO_OPEN",
+        "SELL_TO_CLOSE",
+        "EXCHANGE",
+        "SELL_SHORT_EXEMPT",
+    ];
+    match instructions {
+        [] => "none",
+        [one] => KNOWN
+            .iter()
+            .find(|k| **k == one)
+            .copied()
+            .unwrap_or("other"),
+        _ => "mixed",
+    }
+}
+
+/// The `status` label of `upstream_responses_total`.
+pub fn upstream_class(status: u16) -> &'static str {
+    if status == 429 {
+        "429"
+    } else {
+        status_class(status)
     }
 }
 

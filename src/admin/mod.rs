@@ -28,14 +28,27 @@ pub struct Admin {
 impl Admin {
     pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
         let path = req.uri().path();
-        if path == "/policies/reload" {
-            return self.reload(&req, peer).await;
-        }
-        if path == "/credentials/status" || path == "/credentials/reload" {
-            return self.credentials(&req, peer).await;
-        }
-        if path == "/admin/halt" || path == "/admin/status" {
-            return self.halt(&req, peer);
+        let authenticated = matches!(
+            path,
+            "/policies/reload"
+                | "/admin/reload"
+                | "/credentials/status"
+                | "/credentials/reload"
+                | "/admin/halt"
+                | "/admin/status"
+        );
+        if authenticated {
+            // Every authenticated admin call is audited like a request.
+            let mut call = Call::new(peer);
+            let response = match path {
+                "/policies/reload" | "/admin/reload" => self.reload(&req, &mut call).await,
+                "/credentials/status" | "/credentials/reload" => {
+                    self.credentials(&req, &mut call).await
+                }
+                _ => self.halt(&req, &mut call).await,
+            };
+            self.audit_call(&call, &req, response.status()).await;
+            return response;
         }
         if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             return error_response(
@@ -47,6 +60,10 @@ impl Admin {
         }
         match path {
             "/metrics" => {
+                // State read at scrape time, so the gauge cannot go stale.
+                self.metrics
+                    .trading_halted
+                    .set(i64::from(self.proxy.kill_switch.is_halted()));
                 let mut r = Response::new(full(self.metrics.render()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -90,16 +107,24 @@ impl Admin {
     fn admit<B>(
         &self,
         req: &Request<B>,
-        peer: SocketAddr,
-        action: &str,
-        rid: &str,
+        call: &mut Call,
+        action: &'static str,
     ) -> Result<Arc<str>, Box<Response<ProxyBody>>> {
-        let refuse = |r: Reject| Box::new(r.into_response(rid));
-        crate::pipeline::check_request_headers(req.headers()).map_err(refuse)?;
-        let who = self
-            .proxy
-            .identify(req.headers(), req.extensions())
-            .map_err(refuse)?;
+        call.action = action;
+        let rid = call.request_id.clone();
+        let mut refuse = |r: Reject| {
+            call.rejected = Some(r);
+            self.metrics.rejections.with_label_values(&[r.code()]).inc();
+            self.metrics.count_auth_failure(r);
+            Box::new(r.into_response(&rid))
+        };
+        if let Err(r) = crate::pipeline::check_request_headers(req.headers()) {
+            return Err(refuse(r));
+        }
+        let who = match self.proxy.identify(req.headers(), req.extensions()) {
+            Ok(w) => w,
+            Err(r) => return Err(refuse(r)),
+        };
         // A caller that signs, signs here too (admin requests carry no body).
         if let Err(r) = self.proxy.verify_signature(
             &who.caller,
@@ -111,9 +136,12 @@ impl Admin {
         ) {
             return Err(refuse(r));
         }
+        call.caller = Some(who.caller.id.clone());
+        call.session_id = who.session_id.clone();
         let decision = self
             .proxy
-            .authorize(&who, action, Resource::Proxy, peer, rid, None);
+            .authorize(&who, action, Resource::Proxy, call.peer, &rid, None);
+        call.decision = Some(decision.clone());
         tracing::info!(
             caller = &*who.caller.id,
             action,
@@ -123,8 +151,13 @@ impl Admin {
             "admin request"
         );
         if !decision.allowed {
+            call.rejected = Some(Reject::Forbidden);
+            self.metrics
+                .rejections
+                .with_label_values(&[Reject::Forbidden.code()])
+                .inc();
             return Err(Box::new(Reject::Forbidden.into_detailed_response(
-                rid,
+                &rid,
                 decision.reason.as_deref(),
                 None,
             )));
@@ -136,8 +169,8 @@ impl Admin {
     /// ids, never a secret. `POST /credentials/reload` (`RotateCredentials`):
     /// re-reads the configuration's secrets now, as SIGHUP does. Both are
     /// credential management: Super Admin, with MFA.
-    async fn credentials<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
-        let rid = crate::pipeline::new_request_id();
+    async fn credentials<B>(&self, req: &Request<B>, call: &mut Call) -> Response<ProxyBody> {
+        let rid = call.request_id.clone();
         let (want, action) = if req.uri().path() == "/credentials/status" {
             (http::Method::GET, "ViewCredentialStatus")
         } else {
@@ -155,7 +188,7 @@ impl Admin {
                 &rid,
             );
         }
-        if let Err(denied) = self.admit(req, peer, action, &rid) {
+        if let Err(denied) = self.admit(req, call, action) {
             return *denied;
         }
         if action == "RotateCredentials" {
@@ -217,8 +250,8 @@ impl Admin {
     /// /admin/halt[?reason=…]` (`HaltTrading`: any Admin, no MFA — stopping
     /// must be quick), `DELETE /admin/halt` (`ResumeTrading`: the shipped
     /// policies want MFA).
-    fn halt<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
-        let rid = crate::pipeline::new_request_id();
+    async fn halt<B>(&self, req: &Request<B>, call: &mut Call) -> Response<ProxyBody> {
+        let rid = call.request_id.clone();
         let action = match (req.uri().path(), req.method()) {
             ("/admin/status", &http::Method::GET) => "ViewStatus",
             ("/admin/halt", &http::Method::POST) => "HaltTrading",
@@ -232,7 +265,7 @@ impl Admin {
                 );
             }
         };
-        let who = match self.admit(req, peer, action, &rid) {
+        let who = match self.admit(req, call, action) {
             Ok(id) => id,
             Err(denied) => return *denied,
         };
@@ -275,8 +308,8 @@ impl Admin {
 
     /// `POST /policies/reload`: the caller is identified by its key and the
     /// reload is itself a Cedar decision (`ReloadPolicies` on the proxy).
-    async fn reload<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
-        let rid = crate::pipeline::new_request_id();
+    async fn reload<B>(&self, req: &Request<B>, call: &mut Call) -> Response<ProxyBody> {
+        let rid = call.request_id.clone();
         if req.method() != http::Method::POST {
             return error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -285,7 +318,7 @@ impl Admin {
                 &rid,
             );
         }
-        if let Err(denied) = self.admit(req, peer, "ReloadPolicies", &rid) {
+        if let Err(denied) = self.admit(req, call, "ReloadPolicies") {
             return *denied;
         }
         let p = self.proxy.clone();
@@ -330,6 +363,76 @@ impl Admin {
                 );
             }
             json(StatusCode::UNPROCESSABLE_ENTITY, body.to_string())
+        }
+    }
+}
+
+/// One authenticated admin call, as its audit record will tell it.
+pub struct Call {
+    request_id: String,
+    peer: SocketAddr,
+    started: std::time::Instant,
+    action: &'static str,
+    caller: Option<Arc<str>>,
+    session_id: Option<Arc<str>>,
+    decision: Option<crate::policy::Decision>,
+    rejected: Option<Reject>,
+}
+
+impl Call {
+    fn new(peer: SocketAddr) -> Call {
+        Call {
+            request_id: crate::pipeline::new_request_id(),
+            peer,
+            started: std::time::Instant::now(),
+            action: "-",
+            caller: None,
+            session_id: None,
+            decision: None,
+            rejected: None,
+        }
+    }
+}
+
+impl Admin {
+    /// The audit record of an admin call. A call that changes something
+    /// (halt, resume, reload, rotate) waits until its record is durable;
+    /// the change itself is never undone for want of a record (containment
+    /// first), but the failure is logged and counted.
+    async fn audit_call<B>(&self, call: &Call, req: &Request<B>, status: StatusCode) {
+        use crate::audit::record::{DecisionRecord, Record};
+        let Some(audit) = &self.proxy.audit else {
+            return;
+        };
+        let result = match (call.rejected, status) {
+            (Some(Reject::Forbidden), _) => "denied",
+            (Some(_), _) => "rejected",
+            (None, s) if s.is_success() => "success",
+            (None, _) => "error",
+        };
+        let record = Record {
+            request_id: call.request_id.clone(),
+            user_id: call.caller.as_deref().unwrap_or("-").to_owned(),
+            action: call.action.to_owned(),
+            result,
+            client_ip: call.peer.ip().to_canonical().to_string(),
+            session_id: call.session_id.as_deref().map(str::to_owned),
+            route: format!("admin:{}", req.uri().path()),
+            method: req.method().as_str().to_owned(),
+            http_status: Some(status.as_u16()),
+            latency_ms: Some(call.started.elapsed().as_secs_f64() * 1000.0),
+            decision: call.decision.as_ref().map(|d| DecisionRecord {
+                allowed: d.allowed,
+                policies: d.policies.clone(),
+                reason: d.reason.as_deref().map(str::to_owned),
+            }),
+            reason: call.rejected.map(|r| r.code().to_owned()),
+            ..Record::blank("outcome")
+        };
+        if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+            audit.record(record);
+        } else if let Err(e) = audit.durable(record).await {
+            tracing::error!(error = %e, action = call.action, "the audit record of an admin call could not be written");
         }
     }
 }

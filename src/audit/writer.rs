@@ -287,11 +287,13 @@ fn write_loop(
                 head = next;
                 if let Some(m) = metrics {
                     m.audit_records.inc_by(seqs.len() as u64);
+                    m.audit_healthy.set(1);
                 }
             }
             Err(e) => {
                 if let Some(m) = metrics {
                     m.audit_write_errors.inc();
+                    m.audit_healthy.set(0);
                 }
                 tracing::error!(error = %e, records = batch.len(), "audit write failed");
                 // Cut the file back to its last durable length; if even

@@ -888,6 +888,21 @@ impl Config {
                         .into(),
                 );
             }
+            if self.audit.is_none() {
+                issue(
+                    "audit".into(),
+                    "environment `production` keeps an audit trail: set audit.dir and audit.key"
+                        .into(),
+                );
+            }
+            if self.kill_switch.state_file.is_none() {
+                issue(
+                    "kill_switch.state_file".into(),
+                    "environment `production` keeps a halt across restarts: set \
+                     kill_switch.state_file"
+                        .into(),
+                );
+            }
             if self.upstream.extra_ca_file.is_some() {
                 issue(
                     "upstream.extra_ca_file".into(),
@@ -1419,13 +1434,16 @@ mod tests {
             "listen[0].tls",
             "upstream.access_token",
             "upstream.extra_ca_file",
+            "audit",
+            "kill_switch.state_file",
         ] {
             assert!(e.contains(key), "{key}: {e}");
         }
         // Production may use the live API without ceremony.
         let good = "listen:\n  - address: 0.0.0.0:8443\n    tls: { cert_file: /c.pem, key_file: /k.pem }\n\
                     upstream: {}\nschwab:\n  app_key: env:K\n  app_secret: env:S\n  \
-                    token_store: { file: /t.json, key: env:SK }\nenvironment: production\n";
+                    token_store: { file: /t.json, key: env:SK }\nenvironment: production\n\
+                    audit: { dir: /a, key: env:AK }\nkill_switch: { state_file: /h.json }\n";
         assert!(Config::from_yaml(good, "t", Mode::Normal).is_ok());
     }
 

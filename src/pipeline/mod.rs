@@ -508,6 +508,15 @@ impl Proxy {
             .decisions
             .with_label_values(&[action, said(&decision)])
             .inc();
+        if !decision.allowed {
+            self.metrics
+                .policy_denials
+                .with_label_values(&[
+                    action,
+                    decision.reason.as_deref().unwrap_or("not_permitted"),
+                ])
+                .inc();
+        }
         decision
     }
 
@@ -605,6 +614,23 @@ impl Proxy {
         }
         if let Some(r) = ctx.rejected {
             m.rejections.with_label_values(&[r.code()]).inc();
+            m.count_auth_failure(r);
+        }
+        match (ctx.upstream_status, ctx.rejected) {
+            (Some(s), _) => m
+                .upstream_responses
+                .with_label_values(&[crate::admin::metrics::upstream_class(s.as_u16())])
+                .inc(),
+            (None, Some(Reject::UpstreamUnavailable | Reject::UpstreamTimeout)) => m
+                .upstream_responses
+                .with_label_values(&["unavailable"])
+                .inc(),
+            _ => {}
+        }
+        if let Some(r) = &ctx.route
+            && (self.routes.get(r).mutates || ctx.order.is_some())
+        {
+            self.count_order(ctx, action, cancelled);
         }
         m.in_flight.dec();
         if let (true, Some(log)) = (audit, &self.audit) {
@@ -631,6 +657,50 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// The order metrics of one order request (place, replace, cancel,
+    /// preview): counted by side and outcome; notional and the time of day
+    /// of what the broker accepted.
+    fn count_order(&self, ctx: &RequestCtx, action: &str, cancelled: bool) {
+        let m = &self.metrics;
+        let side = crate::admin::metrics::order_side(
+            ctx.order.as_ref().map_or(&[][..], |o| &o.instructions[..]),
+        );
+        let outcome = match (cancelled, ctx.rejected, ctx.upstream_status) {
+            (true, _, _) => "cancelled",
+            (_, Some(Reject::TradingHalted), _) => "halted",
+            (_, Some(Reject::Forbidden), _) => "denied",
+            (
+                _,
+                Some(
+                    Reject::UpstreamUnavailable
+                    | Reject::UpstreamTimeout
+                    | Reject::UpstreamCredentials
+                    | Reject::AuditUnavailable
+                    | Reject::Internal,
+                ),
+                _,
+            ) => "failed",
+            (_, Some(_), _) => "rejected",
+            (_, None, Some(s)) if s.is_success() => "accepted",
+            (_, None, Some(_)) => "broker_refused",
+            (_, None, None) => "failed",
+        };
+        m.orders.with_label_values(&[action, side, outcome]).inc();
+        let placed = outcome == "accepted" && action != "PreviewOrder" && action != "CancelOrder";
+        if !placed {
+            return;
+        }
+        if let Some(n) = ctx.order.as_ref().and_then(|o| o.notional) {
+            m.order_notional
+                .with_label_values(&[action])
+                .inc_by(n.0 as f64 / 10_000.0);
+        }
+        let (weekday, minute) = crate::policy::clock::market_clock(time::OffsetDateTime::now_utc());
+        if weekday > 5 || !(9 * 60 + 30..16 * 60).contains(&minute) {
+            m.orders_outside_hours.with_label_values(&[action]).inc();
+        }
+    }
+
     /// For a state-changing request: the intent record, fsync'ed, before
     /// anything goes upstream. No audit, no order (fail closed).
     async fn audit_intent(

@@ -4,10 +4,9 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use common::{Harness, TRADER, VIEWER};
+use common::{Harness, TRADER, VIEWER, audit_dir, records};
 use portcullis::audit::verify::{self, Damage};
 use portcullis::audit::{AuditLog, ChainKey, Record};
 
@@ -16,27 +15,6 @@ const LIMIT: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"LIMIT",
 fn demo_key(h: &Harness) -> ChainKey {
     let text = std::fs::read_to_string(h.dir.path().join("demo").join("audit.key")).unwrap();
     ChainKey::from_secret(&secrecy::SecretString::from(text)).unwrap()
-}
-
-fn audit_dir(h: &Harness) -> PathBuf {
-    h.dir.path().join("demo").join("audit")
-}
-
-/// The records written so far, waiting until there are at least `n`.
-async fn records(dir: &Path, n: usize) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut out = Vec::new();
-        for f in portcullis::audit::writer::files(dir).unwrap_or_default() {
-            for line in std::fs::read_to_string(&f).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
-        if out.len() >= n || std::time::Instant::now() > deadline {
-            return out;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -430,3 +430,37 @@ pub fn raw_status(raw: &[u8]) -> u16 {
 
 pub const MARKET_ORDER: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"MARKET","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
 pub const LIMIT_ORDER: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
+
+/// The demo's audit directory.
+pub fn audit_dir(h: &Harness) -> PathBuf {
+    h.dir.path().join("demo").join("audit")
+}
+
+/// The audit records written so far, waiting until there are at least `n`.
+pub async fn records(dir: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut out = Vec::new();
+        for f in portcullis::audit::writer::files(dir).unwrap_or_default() {
+            for line in std::fs::read_to_string(&f).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        if out.len() >= n || std::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one sample in a Prometheus text exposition (`name{labels}`
+/// exactly as rendered; labels sorted by name), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
