@@ -180,7 +180,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         signature_window: config.signatures.window.0,
         signature_authorities: config.signatures.authorities.clone(),
         started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
-        kill_switch: halt::KillSwitch::load(config.kill_switch.state_file.as_deref()),
+        kill_switch: halt::KillSwitch::load(config.kill_switch.state_file.as_deref()).with_cancel(
+            config.kill_switch.cancel_open_orders,
+            config.accounts.iter().map(|a| a.hash.clone()).collect(),
+        ),
         audit: match &config.audit {
             None => None,
             Some(a) => {

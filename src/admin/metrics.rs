@@ -35,6 +35,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub upstream_responses: IntCounterVec,
     pub trading_halted: IntGauge,
+    /// Every metric name (with the `portcullis_` prefix), registered or not
+    /// yet sampled: the dashboards and alert rules may name only these.
+    names: Vec<String>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -204,6 +207,7 @@ impl Metrics {
             "trading_halted",
             "1 while the kill switch is engaged (orders refused), else 0",
         )?;
+        let mut names = Vec::new();
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
@@ -234,6 +238,7 @@ impl Metrics {
             Box::new(trading_halted.clone()),
             Box::new(build),
         ] {
+            names.extend(c.desc().iter().map(|d| format!("portcullis_{}", d.fq_name)));
             registry.register(c)?;
         }
         Ok(Metrics {
@@ -263,6 +268,7 @@ impl Metrics {
             auth_failures,
             upstream_responses,
             trading_halted,
+            names,
         })
     }
 
@@ -282,6 +288,11 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// The name of every metric this proxy exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Counts `r` in `auth_failures_total` if it is a failed authentication.
     pub fn count_auth_failure(&self, r: crate::reject::Reject) {
         use crate::reject::Reject;
@@ -344,5 +355,51 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the alert rules and the dashboard query exists: a
+    /// renamed metric must not leave a silent alert or an empty panel.
+    #[test]
+    fn alerts_and_dashboard_name_only_exported_metrics() {
+        let m = Metrics::new().unwrap();
+        let known = m.names();
+        for (file, text) in [
+            (
+                "deploy/prometheus/alerts.yml",
+                include_str!("../../deploy/prometheus/alerts.yml"),
+            ),
+            (
+                "deploy/grafana/portcullis.json",
+                include_str!("../../deploy/grafana/portcullis.json"),
+            ),
+        ] {
+            let mut seen = 0;
+            for (i, _) in text.match_indices("portcullis_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // Only metric names: `portcullis_…{` or `…[` or ` ` etc.,
+                // never a file or a rule name.
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                if name.len() == "portcullis_".len() {
+                    continue;
+                }
+                seen += 1;
+                assert!(
+                    known.iter().any(|k| k == base),
+                    "{file} names {name}, which this proxy does not export"
+                );
+            }
+            assert!(seen > 10, "{file}: only {seen} metric names found");
+        }
     }
 }

@@ -269,9 +269,23 @@ impl Admin {
             Ok(id) => id,
             Err(denied) => return *denied,
         };
+        let mut cancel = false;
         let result = match action {
             "HaltTrading" => {
                 let q = crate::sim::Query::parse(req.uri().query().unwrap_or(""));
+                cancel = match q.get("cancel_open_orders") {
+                    None => self.proxy.kill_switch.cancel_open_orders,
+                    Some("true" | "1" | "yes") => true,
+                    Some("false" | "0" | "no") => false,
+                    Some(_) => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "cancel_open_orders is true or false",
+                            &rid,
+                        );
+                    }
+                };
                 let reason = q.get("reason").map(|r| r.chars().take(200).collect());
                 self.proxy.kill_switch.set(true, &who, reason)
             }
@@ -291,6 +305,20 @@ impl Admin {
                         self.proxy.upstream_auth.ready().into(),
                     );
                     obj.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+                }
+                // Engaged first, so no new order races the cancellations.
+                if cancel && let Some(obj) = body.as_object_mut() {
+                    let accounts = &self.proxy.kill_switch.accounts;
+                    let done = self.proxy.cancel_open_orders(&who, accounts).await;
+                    obj.insert(
+                        "cancel_open_orders".into(),
+                        serde_json::json!({
+                            "accounts": accounts.len(),
+                            "cancelled": done.iter().filter(|r| r.result == "cancelled").count(),
+                            "failed": done.iter().filter(|r| r.result != "cancelled").count(),
+                            "orders": done,
+                        }),
+                    );
                 }
                 json(StatusCode::OK, body.to_string())
             }

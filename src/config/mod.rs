@@ -551,6 +551,10 @@ pub struct KillSwitchConfig {
     /// until the process ends.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// On engage, cancel every open order on every account in `accounts`
+    /// (a call may override with `?cancel_open_orders=true|false`).
+    #[serde(default)]
+    pub cancel_open_orders: bool,
 }
 
 /// The audit trail: chained JSON lines in `dir`.

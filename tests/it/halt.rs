@@ -93,3 +93,77 @@ fn the_halt_survives_a_restart_and_an_unreadable_state_means_halted() {
     std::fs::write(&f, "{not json").unwrap();
     assert!(KillSwitch::load(Some(&f)).is_halted());
 }
+
+#[tokio::test]
+async fn engaging_can_cancel_every_open_order_through_the_broker() {
+    let h = Harness::start().await;
+    let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
+    // Two LIMIT orders stay WORKING; a MARKET order fills at once.
+    let mut working = Vec::new();
+    for body in [LIMIT, LIMIT, common::MARKET_ORDER] {
+        let r = h.send("POST", &orders, Some(TRADER), Some(body)).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let location = r.headers["location"].to_str().unwrap();
+        let id = location.rsplit('/').next().unwrap().to_owned();
+        if body == LIMIT {
+            working.push(id);
+        }
+    }
+    h.sim.clear_journal();
+
+    let r = h
+        .admin_post("/admin/halt?cancel_open_orders=true", Some(ADMIN))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = &r.json()["cancel_open_orders"];
+    assert_eq!(report["cancelled"], 2, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    let mut cancelled: Vec<String> = report["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap().to_owned())
+        .collect();
+    cancelled.sort();
+    working.sort();
+    assert_eq!(cancelled, working);
+    // The broker saw exactly those two cancels (besides the order lists).
+    let deletes: Vec<String> = h
+        .journal()
+        .into_iter()
+        .filter(|e| e.method == "DELETE")
+        .map(|e| e.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    for id in &working {
+        assert!(deletes.contains(id));
+        let o = h
+            .send("GET", &format!("{orders}/{id}"), Some(VIEWER), None)
+            .await;
+        assert_eq!(o.json()["status"], "CANCELED");
+    }
+    // Each cancel is audited: intent before, outcome after, as the admin.
+    let recs = common::records(&common::audit_dir(&h), 4).await;
+    let kill: Vec<_> = recs
+        .iter()
+        .filter(|r| r["route"] == "kill_switch:cancel_open_orders")
+        .collect();
+    assert_eq!(kill.len(), 4, "{kill:#?}");
+    assert!(kill.iter().all(|r| r["user_id"] == "demo-admin"));
+    assert_eq!(kill.iter().filter(|r| r["kind"] == "intent").count(), 2);
+    assert_eq!(kill.iter().filter(|r| r["result"] == "success").count(), 2);
+
+    // Engaging again without asking (the demo's default is not to cancel)
+    // touches nothing at the broker.
+    h.sim.clear_journal();
+    let r = h.admin_post("/admin/halt", Some(ADMIN)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("cancel_open_orders").is_none());
+    assert!(h.journal().is_empty());
+    assert_eq!(
+        h.admin_post("/admin/halt?cancel_open_orders=maybe", Some(ADMIN))
+            .await
+            .status,
+        400
+    );
+}
