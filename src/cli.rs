@@ -30,6 +30,8 @@ Examples:
   portcullis token status --config portcullis.yaml # when the tokens expire
   portcullis policy validate policies/         # exit 0 if every policy validates, 1 if not
   portcullis policy test                       # run policies/tests/*.yaml
+  PORTCULLIS_KEY=... portcullis halt on --reason \"bot loop\"   # stop all trading now
+  portcullis halt status                       # is trading halted, by whom, why
   portcullis sim --listen 127.0.0.1:8444       # the Schwab simulator alone
 
 Documentation: README.md and docs/ in the source tree.";
@@ -82,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The kill switch, through the admin API: `status`, `on` (stop every
+    /// order action at once), `off` (release; needs a session with MFA).
+    /// Exit 0 done, 1 refused (the message says why), 64 usage, 69 the
+    /// proxy could not be reached.
+    Halt(HaltCli),
     /// Check Cedar policies against the schema.
     Policy {
         #[command(subcommand)]
@@ -170,6 +177,58 @@ pub enum TokenCommand {
     NewKey,
 }
 
+#[derive(Args, Debug)]
+pub struct HaltCli {
+    #[command(subcommand)]
+    command: HaltCommand,
+    /// The proxy's configuration: the admin and proxy addresses come from it.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The admin listener's URL (default: from --config, else http://127.0.0.1:9464).
+    #[arg(long, global = true)]
+    admin: Option<String>,
+    /// The proxy's URL, for the MFA sign-in of `off` (default: from --config,
+    /// else https://127.0.0.1:8443).
+    #[arg(long, global = true)]
+    proxy: Option<String>,
+    /// A CA certificate (PEM) to trust for the proxy's TLS certificate.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Your caller key, as a secret reference: env:NAME or file:PATH.
+    #[arg(long, global = true, default_value = "env:PORTCULLIS_KEY")]
+    key: String,
+    /// Print the proxy's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HaltCommand {
+    /// Whether trading is halted, by whom, when and why.
+    Status,
+    /// Halt trading now: every place, replace and cancel is refused (any Admin).
+    On {
+        /// Why (kept in the halt state and the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Also cancel every open order on every configured account.
+        #[arg(long, conflicts_with = "keep_open_orders")]
+        cancel_open_orders: bool,
+        /// Do not cancel open orders, whatever kill_switch.cancel_open_orders says.
+        #[arg(long)]
+        keep_open_orders: bool,
+    },
+    /// Release the halt (the shipped policies: a Super Admin with MFA).
+    Off {
+        /// Your caller id (the token endpoint's client_id).
+        #[arg(long)]
+        client_id: String,
+        /// The current one-time code from your authenticator.
+        #[arg(long)]
+        otp: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Print a new random caller key and the hash to put in the configuration.
@@ -239,6 +298,7 @@ pub fn main() -> ExitCode {
         } => key_generate(),
         Command::Token { command } => token_command(command),
         Command::Audit { command } => audit_command(command),
+        Command::Halt(h) => halt_command(h),
         Command::CheckConfig { file, load } => match crate::check_config(&file, load) {
             Ok(cfg) => {
                 println!(
@@ -386,6 +446,50 @@ fn token_command(command: TokenCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(tc::Failure(code, message)) => {
+            eprintln!("portcullis: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn halt_command(h: HaltCli) -> ExitCode {
+    use crate::admin::client::{self, HaltAction, HaltArgs};
+    let action = match h.command {
+        HaltCommand::Status => HaltAction::Status,
+        HaltCommand::On {
+            reason,
+            cancel_open_orders,
+            keep_open_orders,
+        } => HaltAction::On {
+            reason,
+            cancel_open_orders: match (cancel_open_orders, keep_open_orders) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+        },
+        HaltCommand::Off { client_id, otp } => HaltAction::Off { client_id, otp },
+    };
+    let args = HaltArgs {
+        action,
+        config: h.config,
+        admin: h.admin,
+        proxy: h.proxy,
+        ca_file: h.ca_file,
+        key: h.key,
+        json: h.json,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&StartError::Internal(format!("tokio runtime: {e}"))),
+    };
+    let mut out = std::io::stdout();
+    match rt.block_on(client::run(args, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(crate::credentials::commands::Failure(code, message)) => {
             eprintln!("portcullis: {message}");
             ExitCode::from(code)
         }

@@ -369,7 +369,10 @@ mod tests {
             // The broker's own flag wins over the status.
             {"orderId": 1009, "status": "WORKING", "cancelable": false}
         ]);
-        let ids: Vec<String> = cancelable_orders(&list).into_iter().map(|(i, _)| i).collect();
+        let ids: Vec<String> = cancelable_orders(&list)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(ids, ["1001", "1003", "1005"]);
         assert!(cancelable_orders(&serde_json::json!({"error": "x"})).is_empty());
     }

@@ -3,6 +3,7 @@
 //! Plain HTTP, loopback by default. Later issues add status and the kill
 //! switch.
 
+pub mod client;
 pub mod metrics;
 
 use std::net::SocketAddr;
