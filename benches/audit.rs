@@ -56,7 +56,13 @@ fn main() {
     // Durable records/s: 64 writers, each awaiting its fsync'ed record.
     let durable = rt.block_on(async {
         let log = std::sync::Arc::new(
-            AuditLog::open(dir.path(), ChainKey::from_bytes(&key), false, None).expect("log"),
+            AuditLog::open(
+                dir.path(),
+                ChainKey::from_bytes(&key),
+                Default::default(),
+                None,
+            )
+            .expect("log"),
         );
         let until = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
@@ -84,7 +90,13 @@ fn main() {
     // Queuing an outcome on the request path (building the record included).
     let queue = rt.block_on(async {
         let d = tempfile::tempdir().expect("tempdir");
-        let log = AuditLog::open(d.path(), ChainKey::from_bytes(&key), false, None).expect("log");
+        let log = AuditLog::open(
+            d.path(),
+            ChainKey::from_bytes(&key),
+            Default::default(),
+            None,
+        )
+        .expect("log");
         let n = if full { 50_000 } else { 1_000 };
         let t = Instant::now();
         for i in 0..n {
@@ -103,8 +115,13 @@ fn main() {
     // verify: records/s over one large chain.
     let vdir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
-        let log =
-            AuditLog::open(vdir.path(), ChainKey::from_bytes(&key), false, None).expect("log");
+        let log = AuditLog::open(
+            vdir.path(),
+            ChainKey::from_bytes(&key),
+            Default::default(),
+            None,
+        )
+        .expect("log");
         for i in 0..n_verify {
             log.record(record(i));
             // Stay within the writer's bounded queue.
@@ -116,7 +133,7 @@ fn main() {
     });
     let files = verify::expand(&[vdir.path().to_owned()]).expect("files");
     let t = Instant::now();
-    let report = verify::verify(&files, &ChainKey::from_bytes(&key)).expect("verify");
+    let report = verify::verify(&files, &ChainKey::from_bytes(&key), None).expect("verify");
     let elapsed = t.elapsed();
     assert!(report.problem.is_none(), "{}", verify::describe(&report));
     println!(

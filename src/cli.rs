@@ -134,12 +134,34 @@ pub enum AuditCommand {
         /// … or the configuration whose audit.key to use.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The signed checkpoints to hold the chain to (default: the
+        /// checkpoints.jsonl of the first directory given, if any).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoint public key (base64, or file:PATH): the
+        /// checkpoints' signatures are checked too.
+        #[arg(long)]
+        public_key: Option<String>,
         /// Audit files or directories, oldest first.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Check a checkpoints file with the public key alone (no chain key
+    /// needed: for an auditor): every signature genuine, sequence numbers
+    /// never going back. Exit 0 good, 1 forged or out of order, 2 a torn
+    /// final line, 64 usage.
+    VerifyCheckpoints {
+        /// The checkpoint public key (base64, or file:PATH).
+        #[arg(long)]
+        public_key: String,
+        /// checkpoints.jsonl
+        file: PathBuf,
+    },
     /// Print a new random audit chain key (base64, 32 bytes) for audit.key.
     NewKey,
+    /// Print a new ed25519 checkpoint signing key (for
+    /// audit.checkpoint.key) and its public key (for verifiers).
+    CheckpointKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,7 +402,60 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
             Err(e) => fail(&StartError::Internal(e.to_string())),
         },
-        AuditCommand::Verify { key, config, paths } => {
+        AuditCommand::CheckpointKey => match crate::audit::checkpoint::generate() {
+            Ok((seed, public)) => {
+                println!(
+                    "private (audit.checkpoint.key, keep secret): {}",
+                    secrecy::ExposeSecret::expose_secret(&seed)
+                );
+                println!("public (give to verifiers): {public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&StartError::Internal(e)),
+        },
+        AuditCommand::VerifyCheckpoints { public_key, file } => {
+            let verifier = match public_key_arg(&public_key) {
+                Ok(v) => v,
+                Err(m) => {
+                    eprintln!("portcullis: {m}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match verify::verify_checkpoints(&file, &verifier) {
+                Ok(r) => {
+                    if r.forged.is_empty() && r.out_of_order.is_empty() {
+                        println!(
+                            "OK: {} checkpoint(s) signed by this key, the newest at seq {}",
+                            r.count,
+                            r.last_seq.map_or("-".to_owned(), |s| s.to_string())
+                        );
+                    } else {
+                        println!(
+                            "DAMAGED: {} line(s) not signed by this key {:?}, {} out of order {:?}",
+                            r.forged.len(),
+                            r.forged,
+                            r.out_of_order.len(),
+                            r.out_of_order
+                        );
+                    }
+                    if r.torn {
+                        println!("note: the final line is torn (a crash while writing)");
+                    }
+                    ExitCode::from(r.exit_code())
+                }
+                Err(m) => {
+                    eprintln!("portcullis: {m}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+        AuditCommand::Verify {
+            key,
+            config,
+            checkpoints,
+            public_key,
+            paths,
+        } => {
             let reference = match (key, config) {
                 (Some(k), None) => k.parse::<crate::config::secret::SecretRef>(),
                 (None, Some(c)) => match Config::from_file(&c, Mode::Normal) {
@@ -403,7 +478,42 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let report = verify::expand(&paths).and_then(|files| verify::verify(&files, &key));
+            // The checkpoints: all of them with a public key (each must be
+            // genuine), else taken as found.
+            let cp_file = checkpoints.or_else(|| crate::audit::checkpoint::beside(&paths));
+            let cps = match (&cp_file, &public_key) {
+                (None, Some(_)) => Err(
+                    "--public-key: no checkpoints file found (give --checkpoints FILE)".to_owned(),
+                ),
+                (None, None) => Ok(None),
+                (Some(f), pk) => crate::audit::checkpoint::load(f).and_then(|l| {
+                    if let Some(pk) = pk {
+                        let v = public_key_arg(pk)?;
+                        if let Some(bad) = l.checkpoints.iter().position(|c| !v.check(c)) {
+                            return Err(format!(
+                                "{}: checkpoint {} is not signed by this public key",
+                                f.display(),
+                                bad + 1
+                            ));
+                        }
+                    }
+                    Ok(Some(l.checkpoints))
+                }),
+            };
+            let cps = match cps {
+                Ok(c) => c,
+                Err(m) => {
+                    // A forged checkpoint is damage, not a usage error.
+                    eprintln!("portcullis: {m}");
+                    return ExitCode::from(if m.contains("not signed") {
+                        verify::EXIT_DAMAGED
+                    } else {
+                        EXIT_USAGE
+                    });
+                }
+            };
+            let report = verify::expand(&paths)
+                .and_then(|files| verify::verify(&files, &key, cps.as_deref()));
             match report {
                 Ok(r) => {
                     println!("{}", verify::describe(&r));
@@ -416,6 +526,15 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// A checkpoint public key given as base64 or `file:PATH`.
+fn public_key_arg(arg: &str) -> Result<crate::audit::checkpoint::Verifier, String> {
+    let text = match arg.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?,
+        None => arg.to_owned(),
+    };
+    crate::audit::checkpoint::Verifier::from_base64(&text).map_err(|e| format!("--public-key: {e}"))
 }
 
 fn token_command(command: TokenCommand) -> ExitCode {

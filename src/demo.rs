@@ -198,7 +198,25 @@ pub async fn start_with(
         _ => crate::credentials::store::StoreKey::generate()
             .map_err(|e| StartError::Internal(e.to_string()))?,
     };
+    // So is the checkpoint key; its public half is written beside it for
+    // `portcullis audit verify-checkpoints`.
+    let checkpoint_key = match std::fs::read_to_string(opts.dir.join("audit-checkpoint.key")) {
+        Ok(k) if !k.trim().is_empty() => secrecy::SecretString::from(k.trim().to_owned()),
+        _ => {
+            crate::audit::checkpoint::generate()
+                .map_err(StartError::Internal)?
+                .0
+        }
+    };
+    let checkpoint_public = crate::audit::checkpoint::Signer::from_secret(&checkpoint_key)
+        .map_err(|e| StartError::Load(format!("audit-checkpoint.key: {e}")))?
+        .public_key();
     for (name, value) in [
+        (
+            "audit-checkpoint.key",
+            secrecy::ExposeSecret::expose_secret(&checkpoint_key),
+        ),
+        ("audit-checkpoint.pub", checkpoint_public.as_str()),
         ("schwab-app-key", so.app_key.as_str()),
         ("schwab-app-secret", so.app_secret.as_str()),
         (

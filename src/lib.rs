@@ -191,12 +191,35 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
                     .map_err(|e| StartError::Load(format!("audit.key: {e}")))?;
                 let key = audit::ChainKey::from_secret(&secret)
                     .map_err(|e| StartError::Load(format!("audit.key {}: {e}", a.key)))?;
+                let checkpoint = match &a.checkpoint {
+                    None => None,
+                    Some(c) => {
+                        let secret = config::secret::resolve(&c.key)
+                            .map_err(|e| StartError::Load(format!("audit.checkpoint.key: {e}")))?;
+                        let signer =
+                            audit::checkpoint::Signer::from_secret(&secret).map_err(|e| {
+                                StartError::Load(format!("audit.checkpoint.key {}: {e}", c.key))
+                            })?;
+                        Some((signer, c.interval.0))
+                    }
+                };
+                let options = audit::writer::Options {
+                    stdout: a.stdout,
+                    max_file_bytes: a.max_file_bytes,
+                    max_file_age: a.max_file_age.0,
+                    retention: a.retention.map(|r| r.0),
+                    checkpoint,
+                };
                 Some(
-                    audit::AuditLog::open(&a.dir, key, a.stdout, Some(metrics.clone()))
+                    audit::AuditLog::open(&a.dir, key, options, Some(metrics.clone()))
                         .map_err(StartError::Load)?,
                 )
             }
         },
+        refuse_reads_without_audit: config
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.reads_when_failing == config::ReadsWhenFailing::Refuse),
         replay: pipeline::signature::ReplayCache::new(config.signatures.max_nonces),
         sessions: Arc::new(credentials::sessions::Sessions::new(config.tokens.limits())),
         upstream,

@@ -15,6 +15,7 @@
 //! mac is 32 zero bytes. Sequence numbers count up by one across files and
 //! restarts: a new file continues the chain of the last one.
 
+pub mod checkpoint;
 pub mod record;
 pub mod verify;
 pub mod writer;
@@ -28,6 +29,7 @@ use aws_lc_rs::hmac;
 pub const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 
 /// The chain key (from a secret reference: 32+ random bytes, base64).
+#[derive(Clone)]
 pub struct ChainKey(hmac::Key);
 
 impl std::fmt::Debug for ChainKey {

@@ -1,7 +1,9 @@
 //! `portcullis audit verify`: walks the chain and reports the first damage.
 
-use std::path::PathBuf;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
+use super::checkpoint::{Checkpoint, Verifier};
 use super::{ChainKey, split_line};
 
 /// What is wrong at the first bad record.
@@ -18,6 +20,11 @@ pub enum Damage {
     Reordered,
     /// A line that is not a sealed record.
     Garbage,
+    /// The chain ends before a signed checkpoint: records were cut off the end.
+    Truncated,
+    /// The record a checkpoint signed has a different mac: the chain was
+    /// recomputed (by someone holding the chain key) after it was signed.
+    Rewritten,
 }
 
 impl Damage {
@@ -28,6 +35,8 @@ impl Damage {
             Damage::Inserted => "inserted",
             Damage::Reordered => "reordered",
             Damage::Garbage => "not a record",
+            Damage::Truncated => "truncated (records a checkpoint signed are missing from the end)",
+            Damage::Rewritten => "rewritten (differs from what a checkpoint signed)",
         }
     }
 }
@@ -56,6 +65,9 @@ pub struct Report {
     /// The chain did not start at seq 1 (older files retired or not given):
     /// checked from this record on; what came before cannot be judged.
     pub partial_from: Option<u64>,
+    /// The newest checkpoint given, and how many checkpoints the chain matched.
+    pub last_checkpoint: Option<u64>,
+    pub checkpoints_matched: usize,
 }
 
 /// Exit codes of `audit verify`.
@@ -95,9 +107,68 @@ fn seq_of(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-/// Checks the chain across `files` (in order). A chain that does not start
-/// at seq 1 (older files retired) is taken from its first record on.
-pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
+/// One file's lines, read as a stream with one line of lookahead.
+struct Lines {
+    r: std::io::BufReader<std::fs::File>,
+    peeked: Option<Option<(Vec<u8>, bool)>>,
+    path: PathBuf,
+}
+
+impl Lines {
+    fn open(path: &Path) -> Result<Lines, String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Lines {
+            r: std::io::BufReader::with_capacity(1 << 20, f),
+            peeked: None,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The next line without its newline, and whether it had one.
+    fn read(&mut self) -> Result<Option<(Vec<u8>, bool)>, String> {
+        let mut buf = Vec::with_capacity(512);
+        let n = self
+            .r
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let terminated = buf.last() == Some(&b'\n');
+        if terminated {
+            buf.pop();
+        }
+        Ok(Some((buf, terminated)))
+    }
+
+    fn next_line(&mut self) -> Result<Option<(Vec<u8>, bool)>, String> {
+        match self.peeked.take() {
+            Some(p) => Ok(p),
+            None => self.read(),
+        }
+    }
+
+    fn peek(&mut self) -> Result<Option<&(Vec<u8>, bool)>, String> {
+        if self.peeked.is_none() {
+            self.peeked = Some(self.read()?);
+        }
+        Ok(self.peeked.as_ref().and_then(|p| p.as_ref()))
+    }
+}
+
+fn seq_of_line(line: &[u8]) -> Option<u64> {
+    split_line(line).and_then(|(b, _)| seq_of(&b))
+}
+
+/// Checks the chain across `files` (in order), reading each as a stream.
+/// A chain that does not start at seq 1 (older files retired) is taken from
+/// its first record on. With `checkpoints`, also checks that the chain
+/// reaches every checkpoint and has the mac each one signed.
+pub fn verify(
+    files: &[PathBuf],
+    key: &ChainKey,
+    checkpoints: Option<&[Checkpoint]>,
+) -> Result<Report, String> {
     if files.is_empty() {
         return Err("no audit files (audit-*.jsonl) to verify".into());
     }
@@ -105,31 +176,29 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
         files: files.len(),
         ..Report::default()
     };
+    // The mac each checkpoint signed, by seq (the newest signing wins).
+    let mut signed: std::collections::HashMap<u64, [u8; 32]> = Default::default();
+    let mut last_checkpoint: Option<u64> = None;
+    for c in checkpoints.unwrap_or(&[]) {
+        if let Some(mac) = super::checkpoint::mac_bytes(c) {
+            signed.insert(c.seq, mac);
+            last_checkpoint = last_checkpoint.max(Some(c.seq));
+        }
+    }
+    report.last_checkpoint = last_checkpoint;
     let mut prev = [0u8; 32];
     let mut expected: Option<u64> = None;
     // Recent (seq, mac) pairs, to tell a duplicated record from a reordered one.
     let mut recent: std::collections::VecDeque<(u64, [u8; 32])> = Default::default();
     for (fi, file) in files.iter().enumerate() {
-        let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        let last_file = fi + 1 == files.len();
+        let mut lines = Lines::open(file)?;
         let bad = |damage, expected: u64, line| Problem {
             damage,
             expected_seq: expected,
             file: file.clone(),
             line,
         };
-        // `split` leaves an empty tail after a final newline; anything else
-        // there is a line cut short — only a crash at the very end of the
-        // last file leaves one (the writer cuts it off when it restarts).
-        if let Some(tail) = lines.pop()
-            && !tail.is_empty()
-        {
-            if fi + 1 < files.len() {
-                report.problem = Some(bad(Damage::Garbage, expected.unwrap_or(0), lines.len() + 1));
-                return Ok(report);
-            }
-            report.torn.push((file.clone(), lines.len() + 1));
-        }
         // A file named audit-<seq>.jsonl must start at that seq.
         let named: Option<u64> = file
             .file_name()
@@ -137,20 +206,28 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
             .and_then(|n| n.strip_prefix("audit-"))
             .and_then(|n| n.strip_suffix(".jsonl"))
             .and_then(|n| n.parse().ok());
-        let first_seq = lines
-            .first()
-            .and_then(|l| split_line(l))
-            .and_then(|(b, _)| seq_of(&b));
+        let first_seq = lines.peek()?.and_then(|(l, _)| seq_of_line(l));
         if let (Some(n), Some(f)) = (named, first_seq)
             && n != f
         {
             report.problem = Some(bad(Damage::Deleted, n, 1));
             return Ok(report);
         }
-        for (i, line) in lines.iter().enumerate() {
-            let n = i + 1;
+        let mut n = 0usize;
+        while let Some((line, terminated)) = lines.next_line()? {
+            n += 1;
             let exp = expected.unwrap_or(0);
-            let Some((body, mac)) = split_line(line) else {
+            // A line without its newline: only a crash at the very end of
+            // the last file leaves one (the writer cuts it off at restart).
+            if !terminated {
+                if !last_file {
+                    report.problem = Some(bad(Damage::Garbage, exp, n));
+                    return Ok(report);
+                }
+                report.torn.push((file.clone(), n));
+                break;
+            }
+            let Some((body, mac)) = split_line(&line) else {
                 report.problem = Some(bad(Damage::Garbage, exp, n));
                 return Ok(report);
             };
@@ -173,10 +250,7 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
                         }
                     } else {
                         // A gap: reordered if the missing record comes next.
-                        let next_seq = lines
-                            .get(i + 1)
-                            .and_then(|l| split_line(l))
-                            .and_then(|(b, _)| seq_of(&b));
+                        let next_seq = lines.peek()?.and_then(|(l, _)| seq_of_line(l));
                         if next_seq.is_some_and(|s| s < seq) {
                             Damage::Reordered
                         } else {
@@ -194,6 +268,15 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
                     prev = mac;
                 }
             }
+            // A checkpoint signed a different record here: the chain was
+            // rewritten (by someone holding the chain key).
+            if let Some(want) = signed.get(&seq) {
+                if *want != mac {
+                    report.problem = Some(bad(Damage::Rewritten, seq, n));
+                    return Ok(report);
+                }
+                report.checkpoints_matched += 1;
+            }
             report.first_seq.get_or_insert(seq);
             report.last_seq = Some(seq);
             report.records += 1;
@@ -203,8 +286,70 @@ pub fn verify(files: &[PathBuf], key: &ChainKey) -> Result<Report, String> {
                 recent.pop_front();
             }
         }
+        if last_file
+            && let (Some(cp), Some(last)) = (last_checkpoint, report.last_seq)
+            && cp > last
+        {
+            // Records a checkpoint vouched for are gone from the end.
+            report.problem = Some(bad(Damage::Truncated, last + 1, n + 1));
+            return Ok(report);
+        }
     }
     Ok(report)
+}
+
+/// What `audit verify-checkpoints` found.
+#[derive(Debug, Default)]
+pub struct CheckpointReport {
+    pub count: usize,
+    pub last_seq: Option<u64>,
+    /// 1-based lines whose signature does not verify (or that are not checkpoints).
+    pub forged: Vec<usize>,
+    /// 1-based lines whose seq goes backwards.
+    pub out_of_order: Vec<usize>,
+    pub torn: bool,
+}
+
+impl CheckpointReport {
+    pub fn exit_code(&self) -> u8 {
+        if !self.forged.is_empty() || !self.out_of_order.is_empty() {
+            EXIT_DAMAGED
+        } else if self.torn {
+            EXIT_TORN
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+/// Checks every checkpoint's signature with the public key alone, and that
+/// the sequence numbers never go back.
+pub fn verify_checkpoints(path: &Path, verifier: &Verifier) -> Result<CheckpointReport, String> {
+    let loaded = super::checkpoint::load(path)?;
+    let mut r = CheckpointReport {
+        torn: loaded.torn,
+        forged: loaded.bad_lines.clone(),
+        ..CheckpointReport::default()
+    };
+    // Line numbers of the good lines, skipping the bad ones.
+    let mut line = 0usize;
+    for c in &loaded.checkpoints {
+        line += 1;
+        while loaded.bad_lines.contains(&line) {
+            line += 1;
+        }
+        if !verifier.check(c) {
+            r.forged.push(line);
+            continue;
+        }
+        if r.last_seq.is_some_and(|l| c.seq < l) {
+            r.out_of_order.push(line);
+        }
+        r.count += 1;
+        r.last_seq = r.last_seq.max(Some(c.seq));
+    }
+    r.forged.sort_unstable();
+    Ok(r)
 }
 
 /// The human summary `audit verify` prints.
@@ -229,6 +374,23 @@ pub fn describe(r: &Report) -> String {
             "\nnote: the chain starts at seq {from}, not 1: records before it were not given \
              and cannot be judged (its first record is taken on trust)"
         ));
+    }
+    match r.last_checkpoint {
+        Some(cp) if r.problem.is_none() => out.push_str(&format!(
+            "\ncheckpoints: {} matched, the newest at seq {cp}{}",
+            r.checkpoints_matched,
+            match r.last_seq {
+                Some(l) if l > cp => format!(
+                    "; {} newer record(s) are protected by the chain only",
+                    l - cp
+                ),
+                _ => String::new(),
+            }
+        )),
+        None => out.push_str(
+            "\nnote: no checkpoints checked: records cut off the end would not be noticed",
+        ),
+        _ => {}
     }
     for (f, line) in &r.torn {
         out.push_str(&format!(

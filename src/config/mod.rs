@@ -568,6 +568,51 @@ pub struct AuditConfig {
     /// Also write each record to stdout (a log pipeline ships it).
     #[serde(default)]
     pub stdout: bool,
+    /// Start a new file (the chain continues) once the current one is this
+    /// big …
+    #[serde(default = "default_audit_file_bytes")]
+    pub max_file_bytes: u64,
+    /// … or this old.
+    #[serde(default = "d24h")]
+    pub max_file_age: Dur,
+    /// Delete files whose newest record is older than this — only after they
+    /// pass verification. Absent: keep everything (the default; broker-dealer
+    /// records are kept six years under SEC rule 17a-4).
+    #[serde(default)]
+    pub retention: Option<Dur>,
+    /// Signed checkpoints of the chain head (ed25519), so that cutting off
+    /// the tail of the trail is detected.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
+    /// What reads do while the trail cannot be written: `serve` (default:
+    /// an outage of the audit disk does not stop market data) or `refuse`.
+    /// State-changing requests are always refused.
+    #[serde(default)]
+    pub reads_when_failing: ReadsWhenFailing,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadsWhenFailing {
+    #[default]
+    Serve,
+    Refuse,
+}
+
+/// Signed checkpoints of the audit chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The ed25519 signing key (32-byte seed, base64) by secret reference;
+    /// `portcullis audit checkpoint-key` makes one.
+    pub key: SecretRef,
+    /// How often the chain head is signed (when records were added).
+    #[serde(default = "d1m")]
+    pub interval: Dur,
+}
+
+fn default_audit_file_bytes() -> u64 {
+    256 << 20
 }
 
 /// Request-signature checks for callers with signing keys.
@@ -749,6 +794,10 @@ fn d12h() -> Dur {
 fn d2s() -> Dur {
     Dur(Duration::from_secs(2))
 }
+fn d1m() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
 fn d5m() -> Dur {
     Dur(Duration::from_secs(300))
 }
@@ -930,6 +979,35 @@ impl Config {
 
         if self.listen.is_empty() {
             issue("listen".into(), "at least one listener is required".into());
+        }
+        if let Some(a) = &self.audit {
+            if a.max_file_bytes < 64 * 1024 {
+                issue(
+                    "audit.max_file_bytes".into(),
+                    "at least 65536 (64 KiB)".into(),
+                );
+            }
+            if a.max_file_age.0 < Duration::from_secs(60) {
+                issue("audit.max_file_age".into(), "at least 1m".into());
+            }
+            if a.retention
+                .is_some_and(|r| r.0 < Duration::from_secs(86_400))
+            {
+                issue(
+                    "audit.retention".into(),
+                    "at least 1d (records kept for regulators are kept for years: 17a-4 asks six)"
+                        .into(),
+                );
+            }
+            if let Some(c) = &a.checkpoint
+                && !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&c.interval.0)
+            {
+                issue(
+                    "audit.checkpoint.interval".into(),
+                    "between 1s and 1d: records after the last checkpoint can be cut off unseen"
+                        .into(),
+                );
+            }
         }
         for (i, l) in self.listen.iter().enumerate() {
             if l.tls.is_none() && !l.address.ip().is_loopback() {

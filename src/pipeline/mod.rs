@@ -132,6 +132,9 @@ pub struct Proxy {
     pub started_unix: i64,
     /// The audit trail, when configured.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Refuse reads too while the audit trail cannot be written
+    /// (`audit.reads_when_failing: refuse`).
+    pub refuse_reads_without_audit: bool,
     /// The trading halt.
     pub kill_switch: crate::halt::KillSwitch,
     pub upstream: Upstream,
@@ -225,6 +228,12 @@ impl Proxy {
         self.decide(ctx)?;
         if self.kill_switch.is_halted() && self.mutates(ctx) {
             return Err(Reject::TradingHalted);
+        }
+        if self.refuse_reads_without_audit
+            && !self.mutates(ctx)
+            && self.audit.as_ref().is_some_and(|a| !a.healthy())
+        {
+            return Err(Reject::AuditUnavailable);
         }
         let authorization = self.upstream_auth.header().await?;
         let upstream_req = self.build_upstream_request(ctx, &parts, body, authorization)?;

@@ -5,9 +5,11 @@
 use crate::common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{Harness, TRADER, VIEWER, audit_dir, records};
 use portcullis::audit::verify::{self, Damage};
+use portcullis::audit::writer::Options;
 use portcullis::audit::{AuditLog, ChainKey, Record};
 
 const LIMIT: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":10}]}"#;
@@ -116,7 +118,7 @@ async fn every_request_is_recorded_and_orders_have_their_intent_on_disk_first() 
     }
     // The chain verifies.
     let files = verify::expand(&[audit_dir(&h)]).unwrap();
-    let r = verify::verify(&files, &demo_key(&h)).unwrap();
+    let r = verify::verify(&files, &demo_key(&h), None).unwrap();
     assert_eq!(
         (r.records, r.problem.clone()),
         (6, None),
@@ -174,7 +176,7 @@ fn record(i: u64) -> Record {
 }
 
 async fn write_chain(dir: &Path, key: &[u8], n: u64) {
-    let log = AuditLog::open(dir, ChainKey::from_bytes(key), false, None).unwrap();
+    let log = AuditLog::open(dir, ChainKey::from_bytes(key), Default::default(), None).unwrap();
     for i in 0..n {
         log.durable(record(i)).await.unwrap();
     }
@@ -184,6 +186,7 @@ fn check(dir: &Path, key: &[u8]) -> verify::Report {
     verify::verify(
         &verify::expand(&[dir.to_owned()]).unwrap(),
         &ChainKey::from_bytes(key),
+        None,
     )
     .unwrap()
 }
@@ -250,14 +253,14 @@ async fn the_chain_continues_across_restarts_and_verify_names_the_damage() {
         (Some((Damage::Garbage, 5)), 1)
     );
     // The chain given from its second file only: checked, and said.
-    let partial = verify::verify(&[files[1].clone()], &ChainKey::from_bytes(&key)).unwrap();
+    let partial = verify::verify(&[files[1].clone()], &ChainKey::from_bytes(&key), None).unwrap();
     assert_eq!(
         (partial.problem.clone(), partial.partial_from),
         (None, Some(5))
     );
     assert!(verify::describe(&partial).contains("starts at seq 5"));
     // Nothing to verify is an error, not "OK".
-    assert!(verify::verify(&[], &ChainKey::from_bytes(&key)).is_err());
+    assert!(verify::verify(&[], &ChainKey::from_bytes(&key), None).is_err());
 
     // Torn: the last file's final line cut short by a crash.
     let second = std::fs::read_to_string(&files[1]).unwrap();
@@ -284,4 +287,188 @@ async fn the_chain_continues_across_restarts_and_verify_names_the_damage() {
             .unwrap()
             .contains("torn_tail_dropped")
     );
+}
+
+/// A writer with these options; `n` records, then closed (its last
+/// checkpoint written).
+async fn write_with(dir: &Path, key: &[u8], options: Options, n: u64) {
+    let log = AuditLog::open(dir, ChainKey::from_bytes(key), options, None).unwrap();
+    for i in 0..n {
+        log.durable(record(i)).await.unwrap();
+    }
+    drop(log);
+    // The writer thread signs its final checkpoint as it closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn files_rotate_by_size_and_the_chain_runs_on_across_them() {
+    let key = [5u8; 32];
+    let d = tempfile::tempdir().unwrap();
+    let options = Options {
+        max_file_bytes: 4096,
+        ..Options::default()
+    };
+    write_with(d.path(), &key, options, 60).await;
+    let files = portcullis::audit::writer::files(d.path()).unwrap();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in &files {
+        // Full files stop before the limit (a batch that would pass it
+        // goes to the next file).
+        assert!(std::fs::metadata(f).unwrap().len() <= 4096 + 1024, "{f:?}");
+    }
+    let r = check(d.path(), &key);
+    assert_eq!((r.problem, r.records), (None, 61));
+}
+
+#[tokio::test]
+async fn retention_deletes_only_verified_files_and_records_each_deletion() {
+    let key = [6u8; 32];
+    let d = tempfile::tempdir().unwrap();
+    let small = || Options {
+        max_file_bytes: 2048,
+        ..Options::default()
+    };
+    write_with(d.path(), &key, small(), 40).await;
+    let before = portcullis::audit::writer::files(d.path()).unwrap();
+    assert!(before.len() >= 4, "{before:?}");
+    // Someone edits the third file: it must never be deleted, nor anything after it.
+    let tampered = before[2].clone();
+    let text = std::fs::read_to_string(&tampered).unwrap();
+    std::fs::write(&tampered, text.replacen("req-", "req-X", 1)).unwrap();
+
+    // A new run with a retention every file is past.
+    let keep = Options {
+        retention: Some(Duration::from_millis(1)),
+        ..small()
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write_with(d.path(), &key, keep, 3).await;
+    let mut after = portcullis::audit::writer::files(d.path()).unwrap();
+    for _ in 0..50 {
+        if !after.contains(&before[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = portcullis::audit::writer::files(d.path()).unwrap();
+    }
+    assert!(
+        !after.contains(&before[0]),
+        "the verified old file was kept"
+    );
+    assert!(after.contains(&tampered), "an unverified file was deleted");
+    assert!(
+        after.contains(&before[1]),
+        "the file before the tampered one is its link"
+    );
+    // Each deletion and the refusal are in the trail of the next run.
+    write_with(d.path(), &key, small(), 1).await;
+    let all: String = portcullis::audit::writer::files(d.path())
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let name0 = before[0].file_name().unwrap().to_str().unwrap();
+    assert!(all.contains(&format!("deleted:{name0}")), "{all}");
+    // The file before the tampered one is kept too: its link into the
+    // tampered file cannot be checked. The record says where the damage is.
+    let name1 = before[1].file_name().unwrap().to_str().unwrap();
+    let tname = tampered.file_name().unwrap().to_str().unwrap();
+    assert!(
+        all.contains(&format!("kept_unverified:{name1}:damage_at:{tname}:1")),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_catch_a_cut_tail_and_a_chain_rewritten_with_the_key() {
+    use portcullis::audit::checkpoint::{self, Signer, Verifier};
+    let key = [7u8; 32];
+    let d = tempfile::tempdir().unwrap();
+    let (seed, public) = checkpoint::generate().unwrap();
+    let options = || Options {
+        checkpoint: Some((
+            Signer::from_secret(&seed).unwrap(),
+            Duration::from_millis(1),
+        )),
+        ..Options::default()
+    };
+    write_with(d.path(), &key, options(), 20).await;
+    let cps_path = d.path().join(checkpoint::FILE_NAME);
+    let cps = checkpoint::load(&cps_path).unwrap().checkpoints;
+    assert!(!cps.is_empty());
+    let last_cp = cps.iter().map(|c| c.seq).max().unwrap();
+    assert_eq!(last_cp, 21, "the closing checkpoint signs the final record");
+    let files = portcullis::audit::writer::files(d.path()).unwrap();
+    let full = verify::verify(&files, &ChainKey::from_bytes(&key), Some(&cps)).unwrap();
+    assert_eq!(full.problem, None);
+    assert!(full.checkpoints_matched >= 1);
+    // An auditor with the public key only: every checkpoint genuine.
+    let v = Verifier::from_base64(&public).unwrap();
+    let r = verify::verify_checkpoints(&cps_path, &v).unwrap();
+    assert_eq!((r.count, r.forged.len(), r.exit_code()), (cps.len(), 0, 0));
+
+    // Cut the last 5 records off: the chain alone is intact, the
+    // checkpoint says records are missing.
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut: String = lines[..lines.len() - 5]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&files[0], &cut).unwrap();
+    let chain_only = verify::verify(&files, &ChainKey::from_bytes(&key), None).unwrap();
+    assert_eq!(chain_only.problem, None);
+    let held = verify::verify(&files, &ChainKey::from_bytes(&key), Some(&cps)).unwrap();
+    let p = held.problem.clone().unwrap();
+    assert_eq!((p.damage, p.expected_seq), (Damage::Truncated, 17));
+    assert_eq!(held.exit_code(), verify::EXIT_DAMAGED);
+
+    // Rewrite the whole chain with the key (an insider): every mac is
+    // valid again, but not the one a checkpoint signed.
+    let rewritten = tempfile::tempdir().unwrap();
+    write_with(rewritten.path(), &key, Options::default(), 20).await;
+    let rfiles = portcullis::audit::writer::files(rewritten.path()).unwrap();
+    let r = verify::verify(&rfiles, &ChainKey::from_bytes(&key), Some(&cps)).unwrap();
+    assert_eq!(r.problem.unwrap().damage, Damage::Rewritten);
+
+    // A forged checkpoint line fails the public-key check.
+    let mut forged = cps[0].clone();
+    forged.seq += 1000;
+    let mut text = std::fs::read_to_string(&cps_path).unwrap();
+    text.push_str(&serde_json::to_string(&forged).unwrap());
+    text.push('\n');
+    std::fs::write(&cps_path, text).unwrap();
+    let r = verify::verify_checkpoints(&cps_path, &v).unwrap();
+    assert_eq!(r.forged, vec![cps.len() + 1]);
+    assert_eq!(r.exit_code(), verify::EXIT_DAMAGED);
+}
+
+#[tokio::test]
+async fn reads_can_be_refused_too_while_the_trail_cannot_be_written() {
+    let blocked = tempfile::tempdir().unwrap();
+    let dir = blocked.path().join("audit");
+    std::fs::write(&dir, "not a directory").unwrap();
+    let h = Harness::start_with(Default::default(), move |c| {
+        let a = c.audit.as_mut().unwrap();
+        a.dir = dir;
+        a.reads_when_failing = portcullis::config::ReadsWhenFailing::Refuse;
+    })
+    .await;
+    let r = h
+        .send(
+            "GET",
+            "/marketdata/v1/quotes?symbols=AAPL",
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "audit_unavailable");
+    assert!(
+        h.journal().is_empty(),
+        "an unaudited read reached the broker"
+    );
+    let m = h.admin_get("/metrics").await.text();
+    assert_eq!(common::metric(&m, "portcullis_audit_healthy"), 0.0);
 }

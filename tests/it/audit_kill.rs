@@ -214,7 +214,7 @@ async fn kill_9_under_load_loses_no_intent_record() {
         std::fs::read_to_string(p("audit.key")).unwrap(),
     ))
     .unwrap();
-    let report = portcullis::audit::verify::verify(&files, &key).unwrap();
+    let report = portcullis::audit::verify::verify(&files, &key, None).unwrap();
     assert!(
         report.problem.is_none(),
         "{}",

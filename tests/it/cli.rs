@@ -405,7 +405,7 @@ fn audit_verify_exit_codes() {
             key.trim().to_owned(),
         ))
         .unwrap();
-        let log = portcullis::audit::AuditLog::open(&dir, k, false, None).unwrap();
+        let log = portcullis::audit::AuditLog::open(&dir, k, Default::default(), None).unwrap();
         for i in 0..3 {
             let mut r = portcullis::audit::Record {
                 request_id: format!("r{i}"),
@@ -432,5 +432,117 @@ fn audit_verify_exit_codes() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DAMAGED: edited"), "{out}");
     let (code, _, err) = portcullis(&["audit", "verify", &dir_s]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[test]
+fn audit_checkpoint_keys_and_checks_from_the_command_line() {
+    let (code, out, _) = portcullis(&["audit", "checkpoint-key"]);
+    assert_eq!(code, 0);
+    let field = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let seed = field("private (audit.checkpoint.key, keep secret): ");
+    let public = field("public (give to verifiers): ");
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("audit");
+    let key = [3u8; 32];
+    let key_file = write(
+        &d,
+        "audit.key",
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let signer = portcullis::audit::checkpoint::Signer::from_secret(
+            &secrecy::SecretString::from(seed.clone()),
+        )
+        .unwrap();
+        let options = portcullis::audit::writer::Options {
+            checkpoint: Some((signer, std::time::Duration::from_secs(60))),
+            ..Default::default()
+        };
+        let log = portcullis::audit::AuditLog::open(
+            &dir,
+            portcullis::audit::ChainKey::from_bytes(&key),
+            options,
+            None,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            log.durable(portcullis::audit::Record::blank("outcome"))
+                .await
+                .unwrap();
+        }
+        drop(log);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    });
+    let key_ref = format!("file:{key_file}");
+    let dir_s = dir.display().to_string();
+    let cps = dir.join("checkpoints.jsonl").display().to_string();
+    // The checkpoints beside the files are used, and with the public key checked.
+    let (code, out, err) = portcullis(&[
+        "audit",
+        "verify",
+        "--key",
+        &key_ref,
+        "--public-key",
+        &public,
+        &dir_s,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("checkpoints: "), "{out}");
+    let (code, out, err) =
+        portcullis(&["audit", "verify-checkpoints", "--public-key", &public, &cps]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the newest at seq 4"), "{out}");
+    // Another key's public half: not genuine.
+    let (_, other, _) = portcullis(&["audit", "checkpoint-key"]);
+    let other_public = other
+        .lines()
+        .find_map(|l| l.strip_prefix("public (give to verifiers): "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (code, out, _) = portcullis(&[
+        "audit",
+        "verify-checkpoints",
+        "--public-key",
+        &other_public,
+        &cps,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = portcullis(&[
+        "audit",
+        "verify",
+        "--key",
+        &key_ref,
+        "--public-key",
+        &other_public,
+        &dir_s,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    // The newest record cut off: the chain alone looks fine, the checkpoint does not.
+    let f = portcullis::audit::writer::files(&dir).unwrap().remove(0);
+    let text = std::fs::read_to_string(&f).unwrap();
+    let cut = &text[..text[..text.len() - 1].rfind('\n').unwrap() + 1];
+    std::fs::write(&f, cut).unwrap();
+    let (code, out, _) = portcullis(&["audit", "verify", "--key", &key_ref, &dir_s]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("truncated"), "{out}");
+    let (code, _, err) = portcullis(&[
+        "audit",
+        "verify-checkpoints",
+        "--public-key",
+        "bm9wZQ==",
+        &cps,
+    ]);
     assert_eq!(code, 64, "{err}");
 }
