@@ -157,6 +157,28 @@ pub enum AuditCommand {
         /// checkpoints.jsonl
         file: PathBuf,
     },
+    /// Decide the recorded requests again under a candidate policy set and
+    /// report which decisions would change (counts by action, and the
+    /// requests). Exit 0 none would change, 1 some would, 64 usage or an
+    /// invalid policy set.
+    Replay {
+        /// The proxy's configuration: callers, roles, accounts, environment
+        /// and which policy files (`policies.files`) make the set.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The candidate policy directory (schema.cedarschema and the files).
+        #[arg(long)]
+        policies: PathBuf,
+        /// How many changed requests to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Audit files or directories, oldest first.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print a new random audit chain key (base64, 32 bytes) for audit.key.
     NewKey,
     /// Print a new ed25519 checkpoint signing key (for
@@ -402,6 +424,13 @@ fn audit_command(command: AuditCommand) -> ExitCode {
             }
             Err(e) => fail(&StartError::Internal(e.to_string())),
         },
+        AuditCommand::Replay {
+            config,
+            policies,
+            limit,
+            json,
+            paths,
+        } => audit_replay(&config, policies, limit, json, &paths),
         AuditCommand::CheckpointKey => match crate::audit::checkpoint::generate() {
             Ok((seed, public)) => {
                 println!(
@@ -525,6 +554,63 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn audit_replay(
+    config: &std::path::Path,
+    policies: PathBuf,
+    limit: usize,
+    json: bool,
+    paths: &[PathBuf],
+) -> ExitCode {
+    use crate::audit::replay;
+    let usage = |m: String| {
+        eprintln!("portcullis: {m}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    // Replay serves nothing, so the demo's published keys may be in the
+    // configuration (config/demo.yaml works as it is).
+    let cfg = match Config::from_file(config, Mode::Demo) {
+        Ok(c) => c,
+        Err(e) => return usage(e.to_string()),
+    };
+    let source = crate::policy::PolicySource::Dir {
+        dir: policies.clone(),
+        files: cfg.policies.files.clone(),
+    };
+    let engine =
+        match crate::policy::Engine::load(source, crate::policy::Directory::from_config(&cfg)) {
+            Ok(e) => e,
+            Err(issues) => {
+                for i in &issues {
+                    eprintln!("{}:{}: {}", i.file, i.line.unwrap_or(0), i.message);
+                }
+                return usage(format!(
+                    "{}: the candidate policy set is not valid",
+                    policies.display()
+                ));
+            }
+        };
+    let report = crate::audit::verify::expand(paths).and_then(|files| {
+        if files.is_empty() {
+            return Err("no audit files (audit-*.jsonl) to replay".into());
+        }
+        replay::replay(&cfg, &engine, &files)
+    });
+    match report {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!(
+                    "{}",
+                    replay::describe(&r, &policies.display().to_string(), limit)
+                );
+            }
+            ExitCode::from(r.exit_code())
+        }
+        Err(m) => usage(m),
     }
 }
 

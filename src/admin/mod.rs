@@ -139,6 +139,7 @@ impl Admin {
         }
         call.caller = Some(who.caller.id.clone());
         call.session_id = who.session_id.clone();
+        call.mfa = who.mfa;
         let decision = self
             .proxy
             .authorize(&who, action, Resource::Proxy, call.peer, &rid, None);
@@ -404,6 +405,7 @@ pub struct Call {
     action: &'static str,
     caller: Option<Arc<str>>,
     session_id: Option<Arc<str>>,
+    mfa: bool,
     decision: Option<crate::policy::Decision>,
     rejected: Option<Reject>,
 }
@@ -417,6 +419,7 @@ impl Call {
             action: "-",
             caller: None,
             session_id: None,
+            mfa: false,
             decision: None,
             rejected: None,
         }
@@ -456,6 +459,13 @@ impl Admin {
                 reason: d.reason.as_deref().map(str::to_owned),
             }),
             reason: call.rejected.map(|r| r.code().to_owned()),
+            input: call
+                .decision
+                .as_ref()
+                .map(|_| crate::audit::record::InputRecord {
+                    mfa: call.mfa,
+                    order: None,
+                }),
             ..Record::blank("outcome")
         };
         if req.method() == http::Method::GET || req.method() == http::Method::HEAD {

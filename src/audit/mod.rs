@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod record;
+pub mod replay;
 pub mod verify;
 pub mod writer;
 

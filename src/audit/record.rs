@@ -33,6 +33,17 @@ pub struct Record {
     pub decision: Option<DecisionRecord>,
     /// The rejection code, when the proxy refused the request.
     pub reason: Option<String>,
+    /// What Cedar was given beyond the fields above (whether the session
+    /// had MFA, the order's facts), so `audit replay` can decide again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InputRecord {
+    pub mfa: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<crate::pipeline::order::OrderSummary>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -86,6 +97,7 @@ impl Record {
             latency_ms: None,
             decision: None,
             reason: None,
+            input: None,
         }
     }
 }

@@ -836,6 +836,13 @@ impl Proxy {
                 reason: d.reason.as_deref().map(str::to_owned),
             }),
             reason: ctx.rejected.map(|r| r.code().to_owned()),
+            input: ctx
+                .decision
+                .as_ref()
+                .map(|_| crate::audit::record::InputRecord {
+                    mfa: ctx.mfa,
+                    order: ctx.order.clone(),
+                }),
         }
     }
 }

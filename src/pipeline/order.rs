@@ -223,6 +223,21 @@ pub struct Decimal4(pub i64);
 
 const UNITS_PER_ONE: u64 = 10_000;
 
+/// As its decimal text (`"150.25"`), exact both ways.
+impl serde::Serialize for Decimal4 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal4 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Decimal4, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Decimal4::parse(&text)
+            .ok_or_else(|| de::Error::custom("not a decimal with at most 4 places"))
+    }
+}
+
 impl Decimal4 {
     /// `-?DIGITS(.DIGITS{1,4})?`: no exponent, no `+`, no leading or
     /// trailing `.`, no whitespace; `None` outside the i64 range.
@@ -281,7 +296,7 @@ impl fmt::Display for Decimal4 {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderLeg {
     pub symbol: String,
     pub instruction: String,
@@ -289,8 +304,10 @@ pub struct OrderLeg {
     pub asset_type: String,
 }
 
-/// The facts of one order request, over the whole order tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The facts of one order request, over the whole order tree. Kept in the
+/// audit record (`input.order`) so that `audit replay` can decide the
+/// request again under other policies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderSummary {
     /// Root `orderStrategyType`.
     pub strategy: String,

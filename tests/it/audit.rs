@@ -472,3 +472,116 @@ async fn reads_can_be_refused_too_while_the_trail_cannot_be_written() {
     let m = h.admin_get("/metrics").await.text();
     assert_eq!(common::metric(&m, "portcullis_audit_healthy"), 0.0);
 }
+
+/// `portcullis audit replay` (the real binary) over the harness's trail.
+fn replay(policies: &Path, audit: &Path) -> (i32, serde_json::Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "audit",
+            "replay",
+            "--config",
+            "config/demo.yaml",
+            "--json",
+            "--policies",
+        ])
+        .arg(policies)
+        .arg(audit)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn replay_reproduces_every_decision_and_names_what_a_candidate_would_change() {
+    let h = Harness::start().await;
+    let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
+    let quotes = "/marketdata/v1/quotes?symbols=AAPL";
+    let allowed = h.send("POST", &orders, Some(TRADER), Some(LIMIT)).await;
+    assert_eq!(allowed.status, 201);
+    let gme = h
+        .send(
+            "POST",
+            &orders,
+            Some(TRADER),
+            Some(&LIMIT.replace("AAPL", "GME")),
+        )
+        .await;
+    assert_eq!(gme.status, 403);
+    let big = LIMIT.replace("\"quantity\":10", "\"quantity\":500");
+    assert_eq!(
+        h.send("POST", &orders, Some(TRADER), Some(&big))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(h.send("GET", quotes, Some(VIEWER), None).await.status, 200);
+    assert_eq!(
+        h.send("POST", &orders, Some(VIEWER), Some(LIMIT))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        h.admin_post("/admin/halt", Some(common::ADMIN))
+            .await
+            .status,
+        200
+    );
+    // The start record, 6 outcomes and the allowed order's intent.
+    assert_eq!(common::records(&audit_dir(&h), 8).await.len(), 8);
+    let rid = |r: &common::Reply| r.headers["x-request-id"].to_str().unwrap().to_owned();
+
+    // The policies in force: every decision replays exactly as it was made.
+    let active = h.dir.path().join("demo").join("policies");
+    let (code, same, err) = replay(&active, &audit_dir(&h));
+    assert_eq!(code, 0, "{same}{err}");
+    assert_eq!(same["changed"], 0, "{same}");
+    assert_eq!(same["replayed"], 6, "{same}");
+    assert_eq!(same["not_replayable"], 0, "{same}");
+
+    // A candidate without the GME rule and with a limit of 5 shares.
+    let candidate = tempfile::tempdir().unwrap();
+    for f in [
+        "schema.cedarschema",
+        "roles.cedar",
+        "max-order-quantity.cedar",
+    ] {
+        let text = std::fs::read_to_string(active.join(f)).unwrap();
+        std::fs::write(
+            candidate.path().join(f),
+            text.replace("max_quantity > 100", "max_quantity > 5"),
+        )
+        .unwrap();
+    }
+    let (code, diff, err) = replay(candidate.path(), &audit_dir(&h));
+    assert_eq!(code, 1, "{diff}{err}");
+    // The viewer's order is still denied, now by the quantity rule first.
+    assert_eq!(diff["changed"], 3, "{diff}");
+    assert_eq!(
+        diff["by_action"]["PlaceOrder"]["allow_to_deny"], 1,
+        "{diff}"
+    );
+    assert_eq!(
+        diff["by_action"]["PlaceOrder"]["deny_to_allow"], 0,
+        "{diff}"
+    );
+    assert_eq!(
+        diff["by_action"]["PlaceOrder"]["reason_changed"], 2,
+        "{diff}"
+    );
+    let changes = diff["changes"].as_array().unwrap();
+    assert_eq!(changes[0]["request_id"], rid(&allowed).as_str());
+    assert_eq!(changes[0]["would_be"], "deny (order_quantity_limit)");
+    // GME is no longer denied for its symbol, but 10 > 5 now denies it.
+    assert_eq!(changes[1]["request_id"], rid(&gme).as_str());
+    assert_eq!(changes[1]["was"], "deny (symbol_denied)");
+
+    // A candidate that does not validate: exit 64, nothing replayed.
+    std::fs::write(candidate.path().join("broken.cedar"), "permit (").unwrap();
+    let (code, _, err) = replay(candidate.path(), &audit_dir(&h));
+    assert_eq!(code, 64, "{err}");
+}
