@@ -402,4 +402,44 @@ mod tests {
             assert!(seen > 10, "{file}: only {seen} metric names found");
         }
     }
+
+    /// Every alert's runbook link points at a section of the runbook.
+    #[test]
+    fn every_alert_links_to_a_runbook_section() {
+        let alerts = include_str!("../../deploy/prometheus/alerts.yml");
+        let runbook = include_str!("../../docs/incident-response.md");
+        // GitHub's anchor for a heading: lowercase, spaces to hyphens,
+        // punctuation dropped.
+        let anchors: Vec<String> = runbook
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|h| {
+                h.trim_start_matches('#')
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter_map(|c| match c {
+                        ' ' => Some('-'),
+                        c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let alert_count = alerts.matches("- alert: ").count();
+        let links: Vec<&str> = alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .collect();
+        assert_eq!(links.len(), alert_count, "an alert has no runbook_url");
+        for link in links {
+            let anchor = link
+                .strip_prefix("docs/incident-response.md#")
+                .unwrap_or_else(|| panic!("{link}: not a runbook section"));
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{link}: no such heading in docs/incident-response.md"
+            );
+        }
+    }
 }
