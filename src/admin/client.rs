@@ -81,7 +81,7 @@ pub async fn run(args: HaltArgs, out: &mut dyn Write) -> Result<(), Failure> {
         } => {
             let mut q = Vec::new();
             if let Some(r) = reason {
-                q.push(format!("reason={}", url_encode(r)));
+                q.push(format!("reason={}", crate::sim::query::encode(r)));
             }
             if let Some(c) = cancel_open_orders {
                 q.push(format!("cancel_open_orders={c}"));
@@ -132,7 +132,10 @@ async fn mfa_token(
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{client_id}:{}", key.expose_secret()));
-    let form = format!("grant_type=client_credentials&otp={}", url_encode(otp));
+    let form = format!(
+        "grant_type=client_credentials&otp={}",
+        crate::sim::query::encode(otp)
+    );
     let mut auth = HeaderValue::try_from(format!("Basic {basic}")).map_err(|_| {
         Failure(
             EXIT_USAGE,
@@ -293,17 +296,4 @@ fn describe(v: &serde_json::Value, out: &mut dyn Write) {
             if u { "ready" } else { "NOT READY" }
         );
     }
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

@@ -316,21 +316,9 @@ impl Metrics {
 /// `mixed` when they differ, `none` without legs (a cancel); an instruction
 /// outside Schwab's list is `other`, so the label stays bounded.
 pub fn order_side(instructions: &[String]) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "BUY",
-        "SELL",
-        "BUY_TO_COVER",
-        "SELL_SHORT",
-        "BUY_TO_OPEN",
-        "BUY_TO_CLOSE",
-        "SELL_TO_OPEN",
-        "SELL_TO_CLOSE",
-        "EXCHANGE",
-        "SELL_SHORT_EXEMPT",
-    ];
     match instructions {
         [] => "none",
-        [one] => KNOWN
+        [one] => crate::pipeline::order::INSTRUCTIONS
             .iter()
             .find(|k| **k == one)
             .copied()

@@ -453,11 +453,7 @@ impl Admin {
             method: req.method().as_str().to_owned(),
             http_status: Some(status.as_u16()),
             latency_ms: Some(call.started.elapsed().as_secs_f64() * 1000.0),
-            decision: call.decision.as_ref().map(|d| DecisionRecord {
-                allowed: d.allowed,
-                policies: d.policies.clone(),
-                reason: d.reason.as_deref().map(str::to_owned),
-            }),
+            decision: call.decision.as_ref().map(DecisionRecord::of),
             reason: call.rejected.map(|r| r.code().to_owned()),
             input: call
                 .decision

@@ -75,6 +75,16 @@ pub struct DecisionRecord {
     pub reason: Option<String>,
 }
 
+impl DecisionRecord {
+    pub fn of(d: &crate::policy::Decision) -> DecisionRecord {
+        DecisionRecord {
+            allowed: d.allowed,
+            policies: d.policies.clone(),
+            reason: d.reason.as_deref().map(str::to_owned),
+        }
+    }
+}
+
 impl Record {
     /// A record of `kind` stamped now, every other field empty (`-` or
     /// none); the writer assigns `seq`.

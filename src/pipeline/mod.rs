@@ -830,11 +830,7 @@ impl Proxy {
             http_status: status.map(|s| s.as_u16()),
             upstream_status: ctx.upstream_status.map(|s| s.as_u16()),
             latency_ms: (kind == "outcome").then(|| ctx.started.elapsed().as_secs_f64() * 1000.0),
-            decision: ctx.decision.as_ref().map(|d| DecisionRecord {
-                allowed: d.allowed,
-                policies: d.policies.clone(),
-                reason: d.reason.as_deref().map(str::to_owned),
-            }),
+            decision: ctx.decision.as_ref().map(DecisionRecord::of),
             reason: ctx.rejected.map(|r| r.code().to_owned()),
             input: ctx
                 .decision
