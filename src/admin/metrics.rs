@@ -35,6 +35,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub upstream_responses: IntCounterVec,
     pub trading_halted: IntGauge,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_keys: IntGaugeVec,
+    pub rate_limit_resets: IntCounterVec,
     /// Every metric name (with the `portcullis_` prefix), registered or not
     /// yet sampled: the dashboards and alert rules may name only these.
     names: Vec<String>,
@@ -207,6 +210,27 @@ impl Metrics {
             "trading_halted",
             "1 while the kill switch is engaged (orders refused), else 0",
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429, by limit (per_ip, auth_lockout, per_caller, per_account_orders, upstream)",
+            ),
+            &["limit"],
+        )?;
+        let rate_limit_keys = IntGaugeVec::new(
+            Opts::new(
+                "rate_limit_keys",
+                "Keys (addresses, callers, accounts) each keyed limiter tracks",
+            ),
+            &["limit"],
+        )?;
+        let rate_limit_resets = IntCounterVec::new(
+            Opts::new(
+                "rate_limit_resets_total",
+                "Keyed limiters emptied because they reached rate_limits.max_keys with every key busy",
+            ),
+            &["limit"],
+        )?;
         let mut names = Vec::new();
         let build = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -236,6 +260,9 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(upstream_responses.clone()),
             Box::new(trading_halted.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(rate_limit_keys.clone()),
+            Box::new(rate_limit_resets.clone()),
             Box::new(build),
         ] {
             names.extend(c.desc().iter().map(|d| format!("portcullis_{}", d.fq_name)));
@@ -268,6 +295,9 @@ impl Metrics {
             auth_failures,
             upstream_responses,
             trading_halted,
+            rate_limited,
+            rate_limit_keys,
+            rate_limit_resets,
             names,
         })
     }

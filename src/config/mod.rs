@@ -61,6 +61,12 @@ pub struct Config {
     /// The trading halt (kill switch).
     #[serde(default)]
     pub kill_switch: KillSwitchConfig,
+    /// Client addresses: trusted proxies and allow/deny lists.
+    #[serde(default)]
+    pub ip_filter: IpFilterConfig,
+    /// Rate limits (docs/configuration.md#rate_limits).
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
     /// The file this configuration was read from (not a key): a reload
     /// (SIGHUP) reads it again.
     #[serde(skip)]
@@ -518,6 +524,193 @@ pub struct CallerConfig {
     /// caller must be signed with one of them.
     #[serde(default)]
     pub signing_keys: Vec<SigningKeyConfig>,
+    /// Addresses this caller's credentials work from (empty: any that the
+    /// global and group lists admit).
+    #[serde(default)]
+    pub allowed_ips: Vec<crate::pipeline::ip_filter::Cidr>,
+    /// This caller's own per-group rate (instead of `rate_limits.per_caller`).
+    #[serde(default)]
+    pub rate_limit: Option<RateConfig>,
+}
+
+/// `ip_filter`: who the client is behind proxies, and which addresses may
+/// come in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterConfig {
+    /// Peers whose `Forwarded` / `X-Forwarded-For` / `X-Real-IP` are
+    /// believed (the rightmost hop that is not one of them is the client).
+    /// Empty (the default): the TCP peer is the client, the headers ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::pipeline::ip_filter::Cidr>,
+    /// Every request: a non-empty allow list admits only what it names …
+    #[serde(default)]
+    pub allow: Vec<crate::pipeline::ip_filter::Cidr>,
+    /// … and the deny list wins over any allow list.
+    #[serde(default)]
+    pub deny: Vec<crate::pipeline::ip_filter::Cidr>,
+    /// Per route group (`market_data`, `accounts`, `orders`, `admin`, or a
+    /// route table's own groups).
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, crate::pipeline::ip_filter::IpRules>,
+}
+
+/// A token-bucket rate: `rate` (`20/s`, `120/m`, `1000/h`) refilling a
+/// bucket of `burst` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub rate: RateSpec,
+    pub burst: u32,
+}
+
+/// `N/s`, `N/m` or `N/h`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSpec {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl RateSpec {
+    /// The time one request's worth of the bucket takes to refill.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.max(1)
+    }
+}
+
+impl std::fmt::Display for RateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RateSpec, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom(format!("`{s}`: a rate is N/s, N/m or N/h (N ≥ 1)"));
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > 1_000_000 {
+            return Err(bad());
+        }
+        Ok(RateSpec { count, per })
+    }
+}
+
+fn rate(count: u32, per_secs: u64, burst: u32) -> Option<RateConfig> {
+    Some(RateConfig {
+        rate: RateSpec {
+            count,
+            per: Duration::from_secs(per_secs),
+        },
+        burst,
+    })
+}
+
+/// `rate_limits`: every limit on by default, each switched off with `null`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Every request, before authentication, by client address (IPv6 by
+    /// its `ipv6_prefix`).
+    #[serde(default = "default_per_ip")]
+    pub per_ip: Option<RateConfig>,
+    /// Failed authentications by client address; when the budget is spent
+    /// the address is locked out for `lockout`.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures: Option<AuthFailuresConfig>,
+    /// Per caller and route group (`groups` overrides it per group; a
+    /// caller's own `rate_limit` overrides both).
+    #[serde(default = "default_per_caller")]
+    pub per_caller: Option<RateConfig>,
+    #[serde(default = "default_groups")]
+    pub groups: std::collections::BTreeMap<String, RateConfig>,
+    /// Orders (place, replace, cancel) per Schwab account — Schwab allows
+    /// 0–120 a minute per account, set at app registration.
+    #[serde(default = "default_per_account_orders")]
+    pub per_account_orders: Option<RateConfig>,
+    /// Every other call to Schwab, for the whole app — Schwab allows 120
+    /// non-order requests a minute per application.
+    #[serde(default = "default_upstream_budget")]
+    pub upstream: Option<RateConfig>,
+    /// Keys tracked per limiter at most (memory bound under a flood from
+    /// many addresses).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// IPv6 addresses are limited by this prefix (a host gets a /64).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFailuresConfig {
+    pub rate: RateSpec,
+    pub burst: u32,
+    #[serde(default = "d5m")]
+    pub lockout: Dur,
+}
+
+fn default_per_ip() -> Option<RateConfig> {
+    rate(100, 1, 200)
+}
+fn default_auth_failures() -> Option<AuthFailuresConfig> {
+    Some(AuthFailuresConfig {
+        rate: RateSpec {
+            count: 10,
+            per: Duration::from_secs(60),
+        },
+        burst: 10,
+        lockout: d5m(),
+    })
+}
+fn default_per_caller() -> Option<RateConfig> {
+    rate(20, 1, 40)
+}
+fn default_groups() -> std::collections::BTreeMap<String, RateConfig> {
+    let mut g = std::collections::BTreeMap::new();
+    if let Some(r) = rate(2, 1, 10) {
+        g.insert("orders".to_owned(), r);
+    }
+    g
+}
+fn default_per_account_orders() -> Option<RateConfig> {
+    rate(120, 60, 20)
+}
+fn default_upstream_budget() -> Option<RateConfig> {
+    rate(120, 60, 120)
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> RateLimitsConfig {
+        RateLimitsConfig {
+            per_ip: default_per_ip(),
+            auth_failures: default_auth_failures(),
+            per_caller: default_per_caller(),
+            groups: default_groups(),
+            per_account_orders: default_per_account_orders(),
+            upstream: default_upstream_budget(),
+            max_keys: default_max_keys(),
+            ipv6_prefix: default_ipv6_prefix(),
+        }
+    }
 }
 
 /// A caller's request-signing key.

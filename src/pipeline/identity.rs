@@ -284,6 +284,8 @@ mod tests {
             require_token: false,
             client_cert_names: vec!["bot.example".into()],
             signing_keys: Vec::new(),
+            allowed_ips: Vec::new(),
+            rate_limit: None,
             id: "bot".into(),
             role: Role::Trader,
             key_hashes: vec![

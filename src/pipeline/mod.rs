@@ -15,7 +15,9 @@
 pub mod body;
 pub mod headers;
 pub mod identity;
+pub mod ip_filter;
 pub mod order;
+pub mod rate_limit;
 pub mod route;
 pub mod signature;
 pub mod token;
