@@ -216,6 +216,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
                 )
             }
         },
+        ip_filter: pipeline::ip_filter::IpFilter::from_config(&config.ip_filter),
+        rate_limits: pipeline::rate_limit::RateLimits::new(
+            &config.rate_limits,
+            &config.callers,
+            Some(metrics.clone()),
+        ),
         refuse_reads_without_audit: config
             .audit
             .as_ref()
@@ -297,6 +303,23 @@ pub async fn serve_prepared(
     spawn_reloaders(&config, &prepared.live, &shutdown);
     if let credentials::UpstreamAuth::Managed(m) = &proxy.upstream_auth {
         tokio::spawn(m.clone().run(shutdown.clone()));
+    }
+    {
+        // Idle rate-limit keys are dropped every few seconds (memory bound).
+        let p = proxy.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let p = p.clone();
+                        let _ = tokio::task::spawn_blocking(move || p.rate_limits.housekeep()).await;
+                    }
+                    _ = stop.wait() => return,
+                }
+            }
+        });
     }
 
     let mut tasks = Vec::new();

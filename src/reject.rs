@@ -42,6 +42,10 @@ pub enum Reject {
     /// The proxy's token endpoint refused a grant (the OAuth error code);
     /// answered in the OAuth error shape, recorded like other rejections.
     TokenGrant(&'static str),
+    /// The client address is not admitted (global, group or caller lists).
+    AddressNotAllowed,
+    /// A rate limit (which one, and the seconds until a retry can pass).
+    RateLimited(crate::pipeline::rate_limit::Limited),
     /// A bug or an unexpected state; fail closed.
     Internal,
 }
@@ -54,6 +58,8 @@ pub enum BadRequest {
     BodyNotAllowed,
     BadBody,
     MethodOverride,
+    /// A trusted proxy's forwarding header could not be read.
+    Forwarding,
 }
 
 impl Reject {
@@ -75,6 +81,8 @@ impl Reject {
             Reject::TokenGrant("invalid_client") => StatusCode::UNAUTHORIZED,
             Reject::TokenGrant("temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
+            Reject::AddressNotAllowed => StatusCode::FORBIDDEN,
+            Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +97,7 @@ impl Reject {
             Reject::BadRequest(BadRequest::BodyNotAllowed) => "body_not_allowed",
             Reject::BadRequest(BadRequest::BadBody) => "bad_body",
             Reject::BadRequest(BadRequest::MethodOverride) => "method_override",
+            Reject::BadRequest(BadRequest::Forwarding) => "bad_forwarding_header",
             Reject::NoRoute => "no_route",
             Reject::Forbidden => "forbidden",
             Reject::BadOrder(code) => code,
@@ -100,6 +109,8 @@ impl Reject {
             Reject::TokenGrant(code) | Reject::Signature(code) => code,
             Reject::AuditUnavailable => "audit_unavailable",
             Reject::TradingHalted => "trading_halted",
+            Reject::AddressNotAllowed => "address_not_allowed",
+            Reject::RateLimited(_) => "rate_limited",
             Reject::Internal => "internal_error",
         }
     }
@@ -117,6 +128,9 @@ impl Reject {
             Reject::BadRequest(BadRequest::MethodOverride) => {
                 "method-override headers are not accepted; use the real method"
             }
+            Reject::BadRequest(BadRequest::Forwarding) => {
+                "a forwarding header from a trusted proxy could not be read"
+            }
             Reject::NoRoute => "no such endpoint",
             Reject::Forbidden => "denied by policy",
             Reject::BadOrder(_) => "the order body is not valid",
@@ -132,12 +146,14 @@ impl Reject {
                 "this caller must sign its requests (RFC 9421: @method, @target-uri, \
                  content-digest; created, keyid, nonce); the signature is missing or not valid"
             }
+            Reject::AddressNotAllowed => "requests from this address are not allowed",
+            Reject::RateLimited(_) => "too many requests; retry after the seconds in Retry-After",
             Reject::Internal => "internal error",
         }
     }
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        error_response(self.status(), self.code(), self.message(), request_id)
+        self.into_detailed_response(request_id, None, None)
     }
 
     /// The response with request-specific detail: a policy denial's reason
@@ -157,7 +173,12 @@ impl Reject {
         if let (Some(r), Some(obj)) = (reason, body.as_object_mut()) {
             obj.insert("reason".into(), serde_json::Value::from(r));
         }
-        json_response(self.status(), body, request_id)
+        let mut resp = json_response(self.status(), body, request_id);
+        if let Reject::RateLimited(l) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(l.retry_after));
+        }
+        resp
     }
 }
 
@@ -225,6 +246,12 @@ mod tests {
             Reject::UpstreamUnavailable,
             Reject::UpstreamTimeout,
             Reject::UpstreamCredentials,
+            Reject::AddressNotAllowed,
+            Reject::RateLimited(crate::pipeline::rate_limit::Limited {
+                limit: crate::pipeline::rate_limit::Limit::Ip,
+                retry_after: 1,
+            }),
+            Reject::BadRequest(BadRequest::Forwarding),
             Reject::Internal,
         ];
         let mut codes: Vec<_> = all.iter().map(|r| r.code()).collect();

@@ -17,6 +17,9 @@ use crate::pipeline::body::{ProxyBody, full};
 use crate::policy::Resource;
 use crate::reject::{Reject, error_response};
 
+/// The route group of the admin calls (address lists, rate limits).
+pub const ADMIN_GROUP: &str = "admin";
+
 pub struct Admin {
     pub metrics: Arc<metrics::Metrics>,
     /// True once every listener is up and the upstream credential is loaded.
@@ -41,6 +44,23 @@ impl Admin {
         if authenticated {
             // Every authenticated admin call is audited like a request.
             let mut call = Call::new(peer);
+            // The address lists (global and the `admin` group), a lockout
+            // and the per-address rate, as on the proxy listener.
+            let response = match self.proxy.screen(peer, req.headers(), Some(ADMIN_GROUP)) {
+                Ok(ip) => {
+                    call.client_ip = ip;
+                    None
+                }
+                Err(r) => {
+                    call.rejected = Some(r);
+                    self.metrics.rejections.with_label_values(&[r.code()]).inc();
+                    Some(r.into_response(&call.request_id))
+                }
+            };
+            if let Some(refused) = response {
+                self.audit_call(&call, &req, refused.status()).await;
+                return refused;
+            }
             let response = match path {
                 "/policies/reload" | "/admin/reload" => self.reload(&req, &mut call).await,
                 "/credentials/status" | "/credentials/reload" => {
@@ -124,7 +144,10 @@ impl Admin {
         }
         let who = match self.proxy.identify(req.headers(), req.extensions()) {
             Ok(w) => w,
-            Err(r) => return Err(refuse(r)),
+            Err(r) => {
+                self.proxy.rate_limits.auth_failed(call.client_ip);
+                return Err(refuse(r));
+            }
         };
         // A caller that signs, signs here too (admin requests carry no body).
         if let Err(r) = self.proxy.verify_signature(
@@ -135,14 +158,21 @@ impl Admin {
             req.extensions(),
             b"",
         ) {
+            self.proxy.rate_limits.auth_failed(call.client_ip);
+            return Err(refuse(r));
+        }
+        if let Err(r) =
+            self.proxy
+                .admit_caller(&who.caller, &Arc::from(ADMIN_GROUP), call.client_ip)
+        {
             return Err(refuse(r));
         }
         call.caller = Some(who.caller.id.clone());
         call.session_id = who.session_id.clone();
         call.mfa = who.mfa;
-        let decision = self
-            .proxy
-            .authorize(&who, action, Resource::Proxy, call.peer, &rid, None);
+        let decision =
+            self.proxy
+                .authorize(&who, action, Resource::Proxy, call.client_ip, &rid, None);
         call.decision = Some(decision.clone());
         tracing::info!(
             caller = &*who.caller.id,
@@ -400,7 +430,7 @@ impl Admin {
 /// One authenticated admin call, as its audit record will tell it.
 pub struct Call {
     request_id: String,
-    peer: SocketAddr,
+    client_ip: std::net::IpAddr,
     started: std::time::Instant,
     action: &'static str,
     caller: Option<Arc<str>>,
@@ -414,7 +444,7 @@ impl Call {
     fn new(peer: SocketAddr) -> Call {
         Call {
             request_id: crate::pipeline::new_request_id(),
-            peer,
+            client_ip: peer.ip().to_canonical(),
             started: std::time::Instant::now(),
             action: "-",
             caller: None,
@@ -447,7 +477,7 @@ impl Admin {
             user_id: call.caller.as_deref().unwrap_or("-").to_owned(),
             action: call.action.to_owned(),
             result,
-            client_ip: call.peer.ip().to_canonical().to_string(),
+            client_ip: call.client_ip.to_string(),
             session_id: call.session_id.as_deref().map(str::to_owned),
             route: format!("admin:{}", req.uri().path()),
             method: req.method().as_str().to_owned(),

@@ -24,6 +24,8 @@ pub struct Caller {
     pub require_token: bool,
     /// Request-signing keys by key id; non-empty: every request signed.
     pub signing_keys: Vec<(String, crate::pipeline::signature::VerifyKey)>,
+    /// Addresses this caller's credentials work from (empty: any).
+    pub allowed_ips: Vec<crate::pipeline::ip_filter::Cidr>,
 }
 
 /// Who a request is from, and how they proved it.
@@ -78,6 +80,7 @@ impl Identities {
                 totp,
                 require_token: c.require_token,
                 signing_keys,
+                allowed_ips: c.allowed_ips.clone(),
             });
             for h in &c.key_hashes {
                 if let Some(hash) = keys::parse_hash(&h.hash) {

@@ -134,6 +134,43 @@ impl IpRules {
     }
 }
 
+/// The configured lists, ready for the request path.
+#[derive(Debug, Default)]
+pub struct IpFilter {
+    pub trusted: Vec<Cidr>,
+    pub global: IpRules,
+    pub groups: std::collections::HashMap<String, IpRules>,
+}
+
+impl IpFilter {
+    pub fn from_config(c: &crate::config::IpFilterConfig) -> IpFilter {
+        IpFilter {
+            trusted: c.trusted_proxies.clone(),
+            global: IpRules {
+                allow: c.allow.clone(),
+                deny: c.deny.clone(),
+            },
+            groups: c
+                .groups
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The global lists and the group's (deny wins, each allow list must admit).
+    pub fn admits(&self, group: Option<&str>, ip: IpAddr) -> bool {
+        let g = group.and_then(|g| self.groups.get(g));
+        let denied = self.global.denies(ip) || g.is_some_and(|g| g.denies(ip));
+        !denied && self.global.allows(ip) && g.is_none_or(|g| g.allows(ip))
+    }
+}
+
+/// Whether a caller's own list admits `ip` (an empty list admits any).
+pub fn caller_admits(allowed: &[Cidr], ip: IpAddr) -> bool {
+    allowed.is_empty() || allowed.iter().any(|c| c.contains(ip))
+}
+
 /// Why a forwarded address could not be worked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedForwarding;

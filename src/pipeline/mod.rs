@@ -46,6 +46,9 @@ use upstream::Upstream;
 pub struct RequestCtx {
     pub request_id: String,
     pub peer: SocketAddr,
+    /// The client's address: the peer, or behind trusted proxies the
+    /// forwarded one (what Cedar, the limits and the audit trail see).
+    pub client_ip: std::net::IpAddr,
     pub started: Instant,
     pub caller: Option<Arc<Caller>>,
     /// The proxy session (token endpoint), if the caller used a proxy token.
@@ -77,6 +80,7 @@ impl RequestCtx {
         RequestCtx {
             request_id: new_request_id(),
             peer,
+            client_ip: peer.ip().to_canonical(),
             started: Instant::now(),
             caller: None,
             session_id: None,
@@ -134,6 +138,10 @@ pub struct Proxy {
     pub started_unix: i64,
     /// The audit trail, when configured.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Trusted proxies and address lists.
+    pub ip_filter: ip_filter::IpFilter,
+    /// Rate limits.
+    pub rate_limits: rate_limit::RateLimits,
     /// Refuse reads too while the audit trail cannot be written
     /// (`audit.reads_when_failing: refuse`).
     pub refuse_reads_without_audit: bool,
@@ -180,6 +188,7 @@ impl Proxy {
                 let ctx = &done.ctx;
                 let reason = match rej {
                     Reject::Forbidden => ctx.decision.as_ref().and_then(|d| d.reason.as_deref()),
+                    Reject::RateLimited(l) => Some(l.limit.as_str()),
                     _ => None,
                 };
                 rej.into_detailed_response(&ctx.request_id, reason, ctx.detail.as_deref())
@@ -218,19 +227,38 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        ctx.client_ip = self.screen(ctx.peer, &parts.headers, None)?;
         if parts.uri.path() == token::TOKEN_PATH {
             check_request_headers(&parts.headers)?;
             ctx.endpoint = Some("oauth_token");
-            return Ok(self.token_endpoint(ctx, &parts, body).await);
+            let resp = self.token_endpoint(ctx, &parts, body).await;
+            if matches!(
+                ctx.rejected,
+                Some(Reject::TokenGrant("invalid_client" | "invalid_grant"))
+            ) {
+                self.rate_limits.auth_failed(ctx.client_ip);
+            }
+            return Ok(resp);
         }
-        self.admit(ctx, &parts)?;
+        self.admit(ctx, &parts)
+            .inspect_err(|r| self.note_auth_failure(ctx, *r))?;
         let body = self.read_body(ctx, &parts.headers, body).await?;
-        self.check_signature(ctx, &parts, &body)?;
+        self.check_signature(ctx, &parts, &body)
+            .inspect_err(|r| self.note_auth_failure(ctx, *r))?;
         self.parse_order(ctx, &parts.headers, &body)?;
         self.decide(ctx)?;
         if self.kill_switch.is_halted() && self.mutates(ctx) {
             return Err(Reject::TradingHalted);
         }
+        // The last gate before Schwab: an order against its account's
+        // budget, any other call against the app's.
+        let order_account = match &ctx.route {
+            Some(m) if self.routes.get(m).mutates => self.routes.account(m),
+            _ => None,
+        };
+        self.rate_limits
+            .check_upstream(order_account)
+            .map_err(Reject::RateLimited)?;
         if self.refuse_reads_without_audit
             && !self.mutates(ctx)
             && self.audit.as_ref().is_some_and(|a| !a.healthy())
@@ -269,6 +297,50 @@ impl Proxy {
         )
     }
 
+    /// Before anything else: the client's address (the peer, or behind a
+    /// trusted proxy the forwarded one), the global and `group` address
+    /// lists, a lockout after failed authentications, and the per-address
+    /// rate limit.
+    pub fn screen(
+        &self,
+        peer: SocketAddr,
+        headers: &http::HeaderMap,
+        group: Option<&str>,
+    ) -> Result<std::net::IpAddr, Reject> {
+        let ip = ip_filter::client_ip(peer.ip(), headers, &self.ip_filter.trusted)
+            .map_err(|_| Reject::BadRequest(BadRequest::Forwarding))?;
+        if !self.ip_filter.admits(group, ip) {
+            return Err(Reject::AddressNotAllowed);
+        }
+        self.rate_limits.check_ip(ip).map_err(Reject::RateLimited)?;
+        Ok(ip)
+    }
+
+    /// A failed authentication counts toward the address's lockout.
+    pub fn note_auth_failure(&self, ctx: &RequestCtx, r: Reject) {
+        if matches!(r, Reject::Unauthenticated | Reject::Signature(_)) {
+            self.rate_limits.auth_failed(ctx.client_ip);
+        }
+    }
+
+    /// After identification and routing: the caller's and the route
+    /// group's address lists, and the caller's rate for the group.
+    pub fn admit_caller(
+        &self,
+        caller: &Caller,
+        group: &Arc<str>,
+        client_ip: std::net::IpAddr,
+    ) -> Result<(), Reject> {
+        if !ip_filter::caller_admits(&caller.allowed_ips, client_ip)
+            || !self.ip_filter.admits(Some(group), client_ip)
+        {
+            return Err(Reject::AddressNotAllowed);
+        }
+        self.rate_limits
+            .check_caller(&caller.id, group)
+            .map_err(Reject::RateLimited)
+    }
+
     /// The synchronous front of the pipeline: header sanity, identity, route.
     pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
         check_request_headers(&parts.headers)?;
@@ -284,8 +356,12 @@ impl Proxy {
             .routes
             .match_request(&parts.method, path)
             .map_err(route_reject)?;
+        let group = self.routes.get(&m).group.clone();
         ctx.route = Some(m);
-        Ok(())
+        match &ctx.caller {
+            Some(c) => self.admit_caller(c, &group, ctx.client_ip),
+            None => Err(Reject::Internal),
+        }
     }
 
     async fn read_body<B>(
@@ -454,7 +530,7 @@ impl Proxy {
             &who,
             &route.action,
             resource,
-            ctx.peer,
+            ctx.client_ip,
             &ctx.request_id,
             ctx.order.as_ref(),
         );
@@ -477,7 +553,7 @@ impl Proxy {
         who: &Identity,
         action: &str,
         resource: Resource<'_>,
-        peer: SocketAddr,
+        client_ip: std::net::IpAddr,
         request_id: &str,
         order: Option<&order::OrderSummary>,
     ) -> Decision {
@@ -486,7 +562,7 @@ impl Proxy {
             caller,
             action,
             resource,
-            client_ip: peer.ip(),
+            client_ip,
             time: time::OffsetDateTime::now_utc(),
             mfa: who.mfa,
             environment: self.environment.as_str(),
@@ -649,6 +725,7 @@ impl Proxy {
         }
         tracing::info!(
             peer = %ctx.peer,
+            client_ip = %ctx.client_ip,
             method = %method,
             route = route_name,
             caller = ctx.caller.as_ref().map(|c| &*c.id).unwrap_or("-"),
@@ -825,7 +902,7 @@ impl Proxy {
             action,
             details,
             result,
-            client_ip: ctx.peer.ip().to_canonical().to_string(),
+            client_ip: ctx.client_ip.to_string(),
             session_id: ctx.session_id.as_deref().map(str::to_owned),
             route,
             method: method.as_str().to_owned(),

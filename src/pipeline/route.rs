@@ -177,6 +177,11 @@ struct RouteSpec {
     body: BodyKind,
     #[serde(default)]
     trailing_slash: bool,
+    /// The route group rate limits and address lists apply to; default
+    /// `orders` for routes that mutate or carry an order body,
+    /// `market_data` under `/marketdata/`, else `accounts`.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +204,9 @@ pub struct Route {
     pub resource_is_account: bool,
     pub mutates: bool,
     pub body: BodyKind,
+    /// Rate limits and address lists per group (`orders`, `market_data`,
+    /// `accounts`, or the table's own).
+    pub group: Arc<str>,
     trailing_slash: bool,
     segments: Vec<Segment>,
     literal_count: usize,
@@ -330,8 +338,26 @@ impl RouteTable {
                 .iter()
                 .filter(|s| matches!(s, Segment::Literal(_)))
                 .count();
+            let group = match &r.group {
+                Some(g) => {
+                    if g.is_empty()
+                        || g.len() > 32
+                        || !g.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        issue(
+                            "group",
+                            format!("`{g}`: lower-case letters and `_`, at most 32"),
+                        );
+                    }
+                    g.clone()
+                }
+                None if r.mutates || r.body == BodyKind::Json => "orders".to_owned(),
+                None if r.path.starts_with("/marketdata/") => "market_data".to_owned(),
+                None => "accounts".to_owned(),
+            };
             routes.push(Route {
                 name: Arc::from(r.name.as_str()),
+                group: Arc::from(group.as_str()),
                 method: r.method,
                 action: Arc::from(r.action.as_str()),
                 resource,

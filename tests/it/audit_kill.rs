@@ -76,6 +76,7 @@ async fn kill_9_under_load_loses_no_intent_record() {
          accounts:\n  - {{ name: main, hash: {account}, environment: development }}\n\
          callers:\n  - {{ id: bot, role: Trader, key_hashes: [\"sha256:{hash}\"], accounts: [main] }}\n\
          audit:\n  dir: {audit}\n  key: file:{audit_key}\n\
+         rate_limits: {{ per_ip: null, per_caller: null, groups: {{}}, per_account_orders: null, upstream: null }}\n\
          logging: {{ format: json, level: info }}\n",
         sim = p("sim"),
         hash = portcullis::keys::hash_key_hex(key),

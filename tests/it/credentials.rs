@@ -102,6 +102,8 @@ async fn a_hundred_requests_at_expiry_cause_exactly_one_refresh() {
     // No background refresh ahead of time: the requests meet the expiry.
     let h = Harness::start_with(short_tokens(Duration::from_secs(4)), |c| {
         c.schwab.refresh_ahead = "0s".parse().unwrap();
+        // A hundred at once from one caller: over the demo's rate on purpose.
+        common::without_rate_limits(c);
     })
     .await;
     assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
@@ -358,6 +360,8 @@ async fn app_secret_and_caller_key_rotate_under_load_with_no_failed_request() {
     // during the test; secret files are watched every 100 ms.
     let h = Harness::start_with(short_tokens(Duration::from_secs(2)), |c| {
         c.reload.interval = "100ms".parse().unwrap();
+        // Requests back to back for seconds: over the demo's rate on purpose.
+        common::without_rate_limits(c);
     })
     .await;
     let h = Arc::new(h);

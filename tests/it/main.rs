@@ -10,6 +10,7 @@ mod cli;
 mod credentials;
 mod halt;
 mod leaks;
+mod limits;
 mod monitoring;
 mod mtls;
 mod policy;

@@ -464,3 +464,15 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Switches every rate limit off (tests that put load on the proxy for
+/// something else).
+pub fn without_rate_limits(c: &mut Config) {
+    let r = &mut c.rate_limits;
+    r.per_ip = None;
+    r.auth_failures = None;
+    r.per_caller = None;
+    r.groups.clear();
+    r.per_account_orders = None;
+    r.upstream = None;
+}

@@ -1,0 +1,334 @@
+//! Address lists, trusted proxies and rate limits: every refusal is
+//! checked to never reach the broker (the simulator's journal).
+
+use crate::common;
+
+use common::{ADMIN, Harness, LIMIT_ORDER, TRADER, VIEWER, metric};
+use portcullis::config::{Config, RateConfig};
+
+const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL";
+
+fn cidrs(list: &[&str]) -> Vec<portcullis::pipeline::ip_filter::Cidr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+fn rate(text: &str, burst: u32) -> Option<RateConfig> {
+    let yaml = format!("{{ rate: \"{text}\", burst: {burst} }}");
+    Some(serde_yaml::from_str(&yaml).unwrap())
+}
+
+/// The demo stack with every limit off but what `f` sets.
+async fn start(f: impl FnOnce(&mut Config)) -> Harness {
+    Harness::start_with(Default::default(), move |c| {
+        common::without_rate_limits(c);
+        f(c);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn address_lists_refuse_before_the_broker_and_deny_wins() {
+    // Global deny: the loopback client is refused everywhere, even with an allow list naming it.
+    let h = start(|c| {
+        c.ip_filter.allow = cidrs(&["127.0.0.0/8"]);
+        c.ip_filter.deny = cidrs(&["127.0.0.1/32"]);
+    })
+    .await;
+    let r = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "address_not_allowed");
+    assert_eq!(h.admin_post("/admin/halt", Some(ADMIN)).await.status, 403);
+    assert!(h.journal().is_empty());
+
+    // A global allow list that does not name the client.
+    let h = start(|c| c.ip_filter.allow = cidrs(&["10.0.0.0/8", "2001:db8::/32"])).await;
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 403);
+    assert!(h.journal().is_empty());
+
+    // Per group: orders only from the office range; market data from anywhere.
+    let h = start(|c| {
+        c.ip_filter.groups.insert(
+            "orders".into(),
+            serde_yaml::from_str("{ allow: [10.20.0.0/16] }").unwrap(),
+        );
+        c.ip_filter.groups.insert(
+            "admin".into(),
+            serde_yaml::from_str("{ deny: [127.0.0.0/8] }").unwrap(),
+        );
+    })
+    .await;
+    let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    let r = h
+        .send("POST", &orders, Some(TRADER), Some(LIMIT_ORDER))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "address_not_allowed");
+    let r = h.admin_post("/admin/halt", Some(ADMIN)).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        !h.dir.path().join("demo").join("halt.json").exists(),
+        "a refused admin call changed something"
+    );
+    assert!(
+        h.journal().iter().all(|e| e.method == "GET"),
+        "an order from outside the range reached the broker"
+    );
+    // The refused admin call is audited with its reason.
+    let recs = common::records(&common::audit_dir(&h), 4).await;
+    assert!(recs.iter().any(|r| r["action"] == "-"
+        && r["route"] == "admin:/admin/halt"
+        && r["reason"] == "address_not_allowed"));
+
+    // Per caller: the trader's key works only from its bot's address.
+    let h = start(|c| {
+        let t = c
+            .callers
+            .iter_mut()
+            .find(|c| c.id == "demo-trader")
+            .unwrap();
+        t.allowed_ips = cidrs(&["198.51.100.7/32"]);
+    })
+    .await;
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    let r = h.send("GET", QUOTES, Some(TRADER), None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        h.journal().len(),
+        1,
+        "only the viewer's request went upstream"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    // No trusted proxies: the headers change nothing — neither the lists
+    // nor what the audit trail records.
+    let h = start(|c| c.ip_filter.deny = cidrs(&["198.51.100.0/24"])).await;
+    let spoof = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-real-ip", "198.51.100.7"),
+    ];
+    let r = h.send_with("GET", QUOTES, Some(VIEWER), None, &spoof).await;
+    assert_eq!(r.status, 200);
+    let recs = common::records(&common::audit_dir(&h), 2).await;
+    assert_eq!(recs.last().unwrap()["client_ip"], "127.0.0.1");
+
+    // Behind a trusted proxy (the loopback peer here): the rightmost
+    // untrusted hop is the client, what the lists, Cedar and the trail see.
+    let h = start(|c| {
+        c.ip_filter.trusted_proxies = cidrs(&["127.0.0.0/8"]);
+        c.ip_filter.deny = cidrs(&["203.0.113.66/32"]);
+    })
+    .await;
+    let hops = [("x-forwarded-for", "203.0.113.66, 198.51.100.7")];
+    let r = h.send_with("GET", QUOTES, Some(VIEWER), None, &hops).await;
+    assert_eq!(r.status, 200, "a prepended address is not the client");
+    let recs = common::records(&common::audit_dir(&h), 2).await;
+    assert_eq!(recs.last().unwrap()["client_ip"], "198.51.100.7");
+    let denied = [("forwarded", "for=203.0.113.66")];
+    let r = h
+        .send_with("GET", QUOTES, Some(VIEWER), None, &denied)
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "address_not_allowed");
+    let garbage = [("x-forwarded-for", "198.51.100.7, not-an-address")];
+    let r = h
+        .send_with("GET", QUOTES, Some(VIEWER), None, &garbage)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_forwarding_header");
+    assert_eq!(h.journal().len(), 1);
+    // The forwarding headers never reach the broker.
+    assert!(
+        h.journal()[0]
+            .headers
+            .iter()
+            .all(|(n, _)| !n.eq_ignore_ascii_case("x-forwarded-for"))
+    );
+}
+
+#[tokio::test]
+async fn over_a_limit_is_429_with_retry_after_and_never_forwarded() {
+    let h = start(|c| c.rate_limits.per_caller = rate("1/h", 3)).await;
+    for _ in 0..3 {
+        assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    }
+    let r = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(r.json()["reason"], "per_caller");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1000..=3600).contains(&retry), "{retry}");
+    assert_eq!(
+        h.journal().len(),
+        3,
+        "the limited request reached the broker"
+    );
+    // Another caller, and the same caller's other groups, have their own buckets.
+    assert_eq!(h.send("GET", QUOTES, Some(TRADER), None).await.status, 200);
+    let accounts = "/trader/v1/accounts";
+    assert_eq!(
+        h.send("GET", accounts, Some(VIEWER), None).await.status,
+        200
+    );
+    let m = h.admin_get("/metrics").await.text();
+    assert_eq!(
+        metric(&m, "portcullis_rate_limited_total{limit=\"per_caller\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "portcullis_rejections_total{reason=\"rate_limited\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn rotating_forwarded_for_never_yields_a_fresh_bucket() {
+    let h = start(|c| c.rate_limits.per_ip = rate("1/h", 2)).await;
+    for i in 0..2 {
+        let xff = format!("192.0.2.{i}");
+        let r = h
+            .send_with(
+                "GET",
+                QUOTES,
+                Some(VIEWER),
+                None,
+                &[("x-forwarded-for", &xff)],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = h
+        .send_with(
+            "GET",
+            QUOTES,
+            Some(VIEWER),
+            None,
+            &[("x-forwarded-for", "192.0.2.99")],
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["reason"], "per_ip");
+    // Behind a trusted proxy a client may prepend anything: the bucket is
+    // the hop the proxy saw.
+    let h = start(|c| {
+        c.ip_filter.trusted_proxies = cidrs(&["127.0.0.0/8"]);
+        c.rate_limits.per_ip = rate("1/h", 2);
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let xff = format!("10.66.0.{i}, 198.51.100.7");
+        let r = h
+            .send_with(
+                "GET",
+                QUOTES,
+                Some(VIEWER),
+                None,
+                &[("x-forwarded-for", &xff)],
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(h.journal().len(), 2);
+}
+
+#[tokio::test]
+async fn failed_authentications_lock_the_address_out() {
+    let h = start(|c| {
+        c.rate_limits.auth_failures =
+            Some(serde_yaml::from_str("{ rate: 1/h, burst: 3, lockout: 1m }").unwrap());
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            h.send("GET", QUOTES, Some("guessed-key"), None)
+                .await
+                .status,
+            401
+        );
+    }
+    // Locked out: even a valid key from that address waits.
+    let r = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["reason"], "auth_lockout");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry), "{retry}");
+    // Wrong client secrets at the token endpoint count too, and are refused while locked.
+    let basic = common::basic("demo-viewer", VIEWER);
+    let r = h
+        .post_form(
+            "/v1/oauth/token",
+            Some(&basic),
+            "grant_type=client_credentials",
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(h.journal().is_empty());
+}
+
+#[tokio::test]
+async fn orders_per_account_and_the_apps_budget_hold_schwabs_limits() {
+    let h = start(|c| {
+        c.rate_limits.per_account_orders = rate("1/h", 2);
+        c.rate_limits.upstream = rate("1/h", 2);
+    })
+    .await;
+    let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
+    for _ in 0..2 {
+        let r = h
+            .send("POST", &orders, Some(TRADER), Some(LIMIT_ORDER))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = h
+        .send("POST", &orders, Some(TRADER), Some(LIMIT_ORDER))
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["reason"], "per_account_orders");
+    // A denied order never spends the account's budget: it is decided first.
+    let big = LIMIT_ORDER.replace("\"quantity\":10", "\"quantity\":500");
+    assert_eq!(
+        h.send("POST", &orders, Some(TRADER), Some(&big))
+            .await
+            .status,
+        403
+    );
+    // Non-order calls draw on the app's budget.
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+    let r = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["reason"], "upstream");
+    let posts = h.journal().iter().filter(|e| e.method == "POST").count();
+    assert_eq!(
+        posts, 2,
+        "an order over the account's limit reached the broker"
+    );
+    assert_eq!(h.journal().len(), 4);
+}
+
+#[tokio::test]
+async fn the_demo_limits_show_by_hand_yet_let_a_polite_bot_through() {
+    // The demo configuration as shipped: 20 requests/s with a burst of 40 per caller.
+    let h = Harness::start().await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..80 {
+        match h.send("GET", QUOTES, Some(VIEWER), None).await.status {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(ok >= 40, "{ok} passed");
+    assert!(limited >= 1, "a burst of 80 was never limited");
+    // A polite bot (5 a second) is never limited.
+    let h = Harness::start().await;
+    for _ in 0..10 {
+        assert_eq!(h.send("GET", QUOTES, Some(TRADER), None).await.status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
