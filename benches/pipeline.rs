@@ -17,7 +17,9 @@ fn proxy(callers: usize, dir: &std::path::Path) -> std::sync::Arc<portcullis::pi
     let token = dir.join("token");
     std::fs::write(&token, "bench-upstream-token").expect("token file");
     let mut yaml = format!(
-        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{}\ncallers:\n",
+        "listen:\n  - address: 127.0.0.1:0\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{}\n\
+         rate_limits: {{ per_ip: null, auth_failures: null, per_caller: null, groups: {{}}, per_account_orders: null, upstream: null }}\n\
+         callers:\n",
         token.display()
     );
     for i in 0..callers {
