@@ -48,7 +48,9 @@ fn rss_kib() -> u64 {
 fn bench(c: &mut Criterion) {
     let before = rss_kib();
     let l = limits();
-    let callers: Vec<Arc<str>> = (0..KEYS).map(|i| Arc::from(format!("caller-{i}"))).collect();
+    let callers: Vec<Arc<str>> = (0..KEYS)
+        .map(|i| Arc::from(format!("caller-{i}")))
+        .collect();
     let group: Arc<str> = Arc::from("market_data");
     for i in 0..KEYS {
         let _ = l.check_ip(addr(i));
@@ -81,13 +83,19 @@ fn bench(c: &mut Criterion) {
     );
     let peer = addr(5);
     let mut headers = http::HeaderMap::new();
-    headers.insert("x-forwarded-for", "198.51.100.7, 10.1.2.3".parse().expect("header"));
-    c.bench_function("limits/ip_filter (client address + global and group lists)", |b| {
-        b.iter(|| {
-            let ip = ip_filter::client_ip(black_box(peer), &headers, &filter.trusted);
-            black_box(ip.map(|ip| filter.admits(Some("orders"), ip))).ok();
-        })
-    });
+    headers.insert(
+        "x-forwarded-for",
+        "198.51.100.7, 10.1.2.3".parse().expect("header"),
+    );
+    c.bench_function(
+        "limits/ip_filter (client address + global and group lists)",
+        |b| {
+            b.iter(|| {
+                let ip = ip_filter::client_ip(black_box(peer), &headers, &filter.trusted);
+                black_box(ip.map(|ip| filter.admits(Some("orders"), ip))).ok();
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -924,6 +924,7 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
         kind: "sim",
         limits: crate::config::Limits::default(),
         metrics: None,
+        per_ip_exempt: Vec::new(),
     };
     server::serve(listener, Some(tls), sim.handler(), opts, shutdown).await;
     Ok(())

@@ -242,6 +242,7 @@ pub async fn start_with(
         kind: "sim",
         limits: cfg.limits.clone(),
         metrics: None,
+        per_ip_exempt: Vec::new(),
     };
     tokio::spawn(server::serve(
         sim_listener,

@@ -336,6 +336,7 @@ pub async fn serve_prepared(
             kind: "proxy",
             limits: config.limits.clone(),
             metrics: Some(proxy.metrics.clone()),
+            per_ip_exempt: config.ip_filter.trusted_proxies.clone(),
         };
         tasks.push(tokio::spawn(server::serve(
             listener,
@@ -358,6 +359,7 @@ pub async fn serve_prepared(
         kind: "admin",
         limits: config.limits.clone(),
         metrics: Some(proxy.metrics.clone()),
+        per_ip_exempt: config.ip_filter.trusted_proxies.clone(),
     };
     tasks.push(tokio::spawn(server::serve(
         listeners.admin,

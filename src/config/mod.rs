@@ -363,6 +363,10 @@ pub struct Limits {
     pub tls_handshake_timeout: Dur,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent connections from one address (IPv6: one /64); trusted
+    /// proxies (`ip_filter.trusted_proxies`) are exempt.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
     #[serde(default = "d30s")]
@@ -380,6 +384,7 @@ impl Default for Limits {
             idle_timeout: d30s(),
             tls_handshake_timeout: d10s(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
             h2_max_concurrent_streams: default_h2_streams(),
             shutdown_grace: d30s(),
         }
@@ -395,6 +400,10 @@ fn default_max_header_bytes() -> usize {
 fn default_max_headers() -> usize {
     100
 }
+fn default_max_connections_per_ip() -> usize {
+    128
+}
+
 fn default_max_connections() -> usize {
     4096
 }
@@ -1406,6 +1415,12 @@ impl Config {
         if !(1..=1_000_000).contains(&l.max_connections) {
             issue(
                 "limits.max_connections".into(),
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&l.max_connections_per_ip) {
+            issue(
+                "limits.max_connections_per_ip".into(),
                 "must be between 1 and 1000000".into(),
             );
         }

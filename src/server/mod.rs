@@ -98,6 +98,44 @@ pub struct ServeOptions {
     pub kind: &'static str,
     pub limits: Limits,
     pub metrics: Option<Arc<Metrics>>,
+    /// Peers exempt from `limits.max_connections_per_ip` (trusted proxies
+    /// carry many clients' connections).
+    pub per_ip_exempt: Vec<crate::pipeline::ip_filter::Cidr>,
+}
+
+/// Open connections per address (IPv6 per /64): the accept loop counts up,
+/// each connection's task counts down when it ends.
+#[derive(Default)]
+struct PerIp(
+    std::sync::Mutex<std::collections::HashMap<crate::pipeline::rate_limit::IpKey, usize>>,
+);
+
+impl PerIp {
+    fn try_add(&self, key: crate::pipeline::rate_limit::IpKey, max: usize) -> bool {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn remove(&self, key: crate::pipeline::rate_limit::IpKey) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&key);
+            }
+        }
+    }
 }
 
 /// Serves connections until shutdown, then stops accepting, asks every
@@ -111,6 +149,7 @@ pub async fn serve(
 ) {
     let max = opts.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let per_ip = Arc::new(PerIp::default());
     let opts = Arc::new(opts);
     loop {
         let accepted = tokio::select! {
@@ -131,11 +170,23 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
+        // One address may not take every slot (slowloris from one host).
+        let ip = peer.ip().to_canonical();
+        let counted = (!opts.per_ip_exempt.iter().any(|c| c.contains(ip)))
+            .then(|| crate::pipeline::rate_limit::ip_key(ip, 64));
+        if let Some(key) = counted
+            && !per_ip.try_add(key, opts.limits.max_connections_per_ip)
+        {
+            refuse(&opts, "max_connections_per_ip");
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let opts = opts.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let per_ip = per_ip.clone();
         tokio::spawn(async move {
             let gauge = opts
                 .metrics
@@ -147,6 +198,9 @@ pub async fn serve(
             serve_tcp(tcp, peer, tls, handler, &opts, shutdown).await;
             if let Some(g) = &gauge {
                 g.dec();
+            }
+            if let Some(key) = counted {
+                per_ip.remove(key);
             }
             drop(permit);
         });

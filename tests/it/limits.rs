@@ -332,3 +332,48 @@ async fn the_demo_limits_show_by_hand_yet_let_a_polite_bot_through() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start(|c| c.limits.max_connections_per_ip = 3).await;
+    // A slowloris from 127.0.0.1: three connections that never send a request.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(h.tcp_from("127.0.0.1").await);
+    }
+    // Its fourth is closed at once, before TLS.
+    let mut fourth = h.tcp_from("127.0.0.1").await;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("closed promptly, not left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Another address is served meanwhile.
+    let mut other = h.tls_over(h.tcp_from("127.0.0.2").await).await;
+    other
+        .write_all(
+            format!(
+                "GET {QUOTES} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {VIEWER}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = other.read_to_end(&mut out).await;
+    assert_eq!(common::raw_status(&out), 200);
+    let m = h.admin_get("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_connections_refused_total{listener=\"proxy\",reason=\"max_connections_per_ip\"}"
+        ) + metric(
+            &m,
+            "portcullis_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    drop(held);
+}

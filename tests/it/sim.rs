@@ -48,6 +48,7 @@ async fn start(opts: SimOptions) -> SimHarness {
         kind: "sim",
         limits: Limits::default(),
         metrics: None,
+        per_ip_exempt: Vec::new(),
     };
     tokio::spawn(server::serve(
         listener,

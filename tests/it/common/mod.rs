@@ -264,6 +264,20 @@ impl Harness {
 
     pub async fn tls_stream(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.proxy).await.expect("connect");
+        self.tls_over(tcp).await
+    }
+
+    /// A TCP connection to the proxy from another loopback address
+    /// (127.0.0.2 …): another client host, as the proxy sees it.
+    pub async fn tcp_from(&self, local: &str) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local.parse().expect("address"), 0))
+            .expect("bind");
+        socket.connect(self.proxy).await.expect("connect")
+    }
+
+    pub async fn tls_over(&self, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
         let connector = TlsConnector::from(Arc::new(tls_config(&self.ca_pem, true)));
         connector
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
