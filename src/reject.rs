@@ -46,6 +46,8 @@ pub enum Reject {
     AddressNotAllowed,
     /// A rate limit (which one, and the seconds until a retry can pass).
     RateLimited(crate::pipeline::rate_limit::Limited),
+    /// An `Expect` other than `100-continue`.
+    ExpectationFailed,
     /// A bug or an unexpected state; fail closed.
     Internal,
 }
@@ -60,6 +62,13 @@ pub enum BadRequest {
     MethodOverride,
     /// A trusted proxy's forwarding header could not be read.
     Forwarding,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Framing,
+    /// No `Host` on HTTP/1.1, or a target naming another host than `Host`.
+    Host,
+    /// `Connection` naming a header the request depends on (credential,
+    /// framing, signature, origin).
+    ConnectionHeader,
 }
 
 impl Reject {
@@ -83,6 +92,7 @@ impl Reject {
             Reject::TokenGrant(_) => StatusCode::BAD_REQUEST,
             Reject::AddressNotAllowed => StatusCode::FORBIDDEN,
             Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Reject::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,6 +108,9 @@ impl Reject {
             Reject::BadRequest(BadRequest::BadBody) => "bad_body",
             Reject::BadRequest(BadRequest::MethodOverride) => "method_override",
             Reject::BadRequest(BadRequest::Forwarding) => "bad_forwarding_header",
+            Reject::BadRequest(BadRequest::Framing) => "ambiguous_framing",
+            Reject::BadRequest(BadRequest::Host) => "host_mismatch",
+            Reject::BadRequest(BadRequest::ConnectionHeader) => "connection_header",
             Reject::NoRoute => "no_route",
             Reject::Forbidden => "forbidden",
             Reject::BadOrder(code) => code,
@@ -111,6 +124,7 @@ impl Reject {
             Reject::TradingHalted => "trading_halted",
             Reject::AddressNotAllowed => "address_not_allowed",
             Reject::RateLimited(_) => "rate_limited",
+            Reject::ExpectationFailed => "expectation_failed",
             Reject::Internal => "internal_error",
         }
     }
@@ -131,6 +145,15 @@ impl Reject {
             Reject::BadRequest(BadRequest::Forwarding) => {
                 "a forwarding header from a trusted proxy could not be read"
             }
+            Reject::BadRequest(BadRequest::Framing) => {
+                "Content-Length and Transfer-Encoding together are not accepted"
+            }
+            Reject::BadRequest(BadRequest::Host) => {
+                "the request must name one host: Host, and the target if absolute"
+            }
+            Reject::BadRequest(BadRequest::ConnectionHeader) => {
+                "Connection may not name the credential, framing, signature or origin headers"
+            }
             Reject::NoRoute => "no such endpoint",
             Reject::Forbidden => "denied by policy",
             Reject::BadOrder(_) => "the order body is not valid",
@@ -148,6 +171,7 @@ impl Reject {
             }
             Reject::AddressNotAllowed => "requests from this address are not allowed",
             Reject::RateLimited(_) => "too many requests; retry after the seconds in Retry-After",
+            Reject::ExpectationFailed => "only Expect: 100-continue is supported",
             Reject::Internal => "internal error",
         }
     }
@@ -252,6 +276,10 @@ mod tests {
                 retry_after: 1,
             }),
             Reject::BadRequest(BadRequest::Forwarding),
+            Reject::BadRequest(BadRequest::Framing),
+            Reject::BadRequest(BadRequest::Host),
+            Reject::BadRequest(BadRequest::ConnectionHeader),
+            Reject::ExpectationFailed,
             Reject::Internal,
         ];
         let mut codes: Vec<_> = all.iter().map(|r| r.code()).collect();

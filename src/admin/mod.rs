@@ -139,7 +139,9 @@ impl Admin {
             self.metrics.count_auth_failure(r);
             Box::new(r.into_response(&rid))
         };
-        if let Err(r) = crate::pipeline::check_request_headers(req.headers()) {
+        if let Err(r) = crate::pipeline::check_request_headers(req.headers()).and_then(|()| {
+            crate::pipeline::check_request_target(req.version(), req.uri(), req.headers())
+        }) {
             return Err(refuse(r));
         }
         let who = match self.proxy.identify(req.headers(), req.extensions()) {

@@ -9,6 +9,25 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// Headers a request depends on for who sent it, how it is framed and
+/// signed, and where it came from: `Connection` may not name them.
+pub const PROTECTED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "content-digest",
+    "signature",
+    "signature-input",
+    "x-request-id",
+    "forwarded",
+    "x-real-ip",
+    "cookie",
+];
+
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",

@@ -230,6 +230,7 @@ impl Proxy {
         ctx.client_ip = self.screen(ctx.peer, &parts.headers, None)?;
         if parts.uri.path() == token::TOKEN_PATH {
             check_request_headers(&parts.headers)?;
+            check_request_target(parts.version, &parts.uri, &parts.headers)?;
             ctx.endpoint = Some("oauth_token");
             let resp = self.token_endpoint(ctx, &parts, body).await;
             if matches!(
@@ -344,6 +345,7 @@ impl Proxy {
     /// The synchronous front of the pipeline: header sanity, identity, route.
     pub fn admit(&self, ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<(), Reject> {
         check_request_headers(&parts.headers)?;
+        check_request_target(parts.version, &parts.uri, &parts.headers)?;
         let who = self.identify(&parts.headers, &parts.extensions)?;
         ctx.caller = Some(who.caller);
         ctx.session_id = who.session_id;
@@ -975,13 +977,67 @@ fn route_reject(e: RouteError) -> Reject {
 /// Ambiguous credentials or targets are refused, never resolved by picking
 /// one; so are requests asking to be treated as another method.
 pub fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
-    for name in [header::AUTHORIZATION, header::HOST] {
+    let bad = |b| Err(Reject::BadRequest(b));
+    for name in [header::AUTHORIZATION, header::HOST, header::CONTENT_LENGTH] {
         if h.get_all(&name).iter().nth(1).is_some() {
-            return Err(Reject::BadRequest(BadRequest::DuplicateHeader));
+            return bad(BadRequest::DuplicateHeader);
         }
     }
     if headers::METHOD_OVERRIDE.iter().any(|n| h.contains_key(*n)) {
-        return Err(Reject::BadRequest(BadRequest::MethodOverride));
+        return bad(BadRequest::MethodOverride);
+    }
+    // Two framings: which one a server believes is how requests are
+    // smuggled past proxies. hyper would take the chunked one; refuse both.
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return bad(BadRequest::Framing);
+    }
+    // `X_Forwarded_For` is `X-Forwarded-For` to some stacks.
+    if h.keys().any(|n| n.as_str().contains('_')) {
+        return bad(BadRequest::InvalidHeader);
+    }
+    // `Connection: Authorization` asks each hop to drop a header the
+    // request depends on (its credential, framing, signature or origin);
+    // naming one of those is refused. Other names are hop-by-hop headers
+    // and are stripped before forwarding.
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(text) = v.to_str() else {
+            return bad(BadRequest::InvalidHeader);
+        };
+        let named_protected = text.split(',').map(str::trim).any(|t| {
+            let t = t.to_ascii_lowercase();
+            headers::PROTECTED.contains(&t.as_str()) || t.starts_with("x-forwarded-")
+        });
+        if named_protected {
+            return bad(BadRequest::ConnectionHeader);
+        }
+    }
+    for v in h.get_all(header::EXPECT) {
+        if !v.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Err(Reject::ExpectationFailed);
+        }
+    }
+    Ok(())
+}
+
+/// The request line against the headers: an HTTP/1.1 request names its
+/// `Host`; an absolute-form target (or HTTP/2's `:authority`) must name the
+/// same host as a `Host` header beside it.
+pub fn check_request_target(
+    version: http::Version,
+    uri: &http::Uri,
+    h: &http::HeaderMap,
+) -> Result<(), Reject> {
+    let host = h.get(header::HOST);
+    if version == http::Version::HTTP_11 && host.is_none() && uri.authority().is_none() {
+        return Err(Reject::BadRequest(BadRequest::Host));
+    }
+    if let (Some(authority), Some(host)) = (uri.authority(), host)
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Err(Reject::BadRequest(BadRequest::Host));
     }
     Ok(())
 }

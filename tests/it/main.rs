@@ -17,4 +17,5 @@ mod policy;
 mod proxy;
 mod signing;
 mod sim;
+mod smuggling;
 mod tokens;
