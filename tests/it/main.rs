@@ -15,6 +15,7 @@ mod monitoring;
 mod mtls;
 mod policy;
 mod proxy;
+mod route_props;
 mod signing;
 mod sim;
 mod smuggling;
