@@ -60,7 +60,7 @@ fn ref_path_ok(path: &str) -> bool {
             if hex.starts_with('+') || hex.starts_with('-') {
                 return false;
             }
-            if v == b'.' || v == b'\\' || v == b'%' || v == b';' || v < 0x20 || v >= 0x7f {
+            if v == b'.' || v == b'\\' || v == b'%' || v == b';' || !(0x20..0x7f).contains(&v) {
                 return false;
             }
             i += 3;
