@@ -377,3 +377,64 @@ async fn one_address_cannot_take_every_connection() {
     );
     drop(held);
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and
+/// resets them at once is cut off, the broker never sees the flood, and
+/// other clients go on being served.
+#[tokio::test]
+async fn http2_rapid_reset_is_cut_off() {
+    let h = start(|_| {}).await;
+    let mut cfg = common::tls_config(&h.ca_pem, false);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut opened = 0;
+    for _ in 0..2000 {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(format!("https://localhost:{}{QUOTES}", h.proxy.port()))
+            .header("authorization", format!("Bearer {VIEWER}"))
+            .body(())
+            .unwrap();
+        match client.ready().await {
+            Ok(c) => client = c,
+            Err(_) => break,
+        }
+        match client.send_request(req, false) {
+            Ok((_, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // The client queues its streams faster than they go out; the server
+    // answers the resets with GOAWAY (ENHANCE_YOUR_CALM) and ends the
+    // connection.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), driver)
+        .await
+        .expect("the connection was not closed")
+        .unwrap();
+    let err = ended.expect_err(&format!(
+        "{opened} reset streams and the connection lives on"
+    ));
+    assert!(
+        err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{err:?}"
+    );
+    let upstream = h.journal().len();
+    assert!(
+        upstream < 200,
+        "{upstream} reset requests reached the broker"
+    );
+    // Everyone else is still served.
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+}
