@@ -438,3 +438,131 @@ async fn http2_rapid_reset_is_cut_off() {
     // Everyone else is still served.
     assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
 }
+
+/// HTTP/2 CONTINUATION flood: a header block that never ends (HEADERS
+/// without END_HEADERS, then CONTINUATION frame after frame) is cut off
+/// instead of being buffered; nothing reaches the broker.
+#[tokio::test]
+async fn http2_continuation_flood_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start(|_| {}).await;
+    let mut cfg = common::tls_config(&h.ca_pem, false);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len() as u32;
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    /// An HPACK literal header field, new name, not indexed (RFC 7541 6.2.2).
+    fn literal(name: &str, value: &str) -> Vec<u8> {
+        fn len(n: usize, out: &mut Vec<u8>) {
+            // 7-bit prefix integer, no Huffman.
+            if n < 127 {
+                out.push(n as u8);
+            } else {
+                out.push(127);
+                let mut rest = n - 127;
+                while rest >= 128 {
+                    out.push((rest % 128 + 128) as u8);
+                    rest /= 128;
+                }
+                out.push(rest as u8);
+            }
+        }
+        let mut out = vec![0x00];
+        len(name.len(), &mut out);
+        out.extend_from_slice(name.as_bytes());
+        len(value.len(), &mut out);
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+    let head = |with_auth: bool| {
+        let mut b = vec![0x82, 0x87]; // :method GET, :scheme https (static table)
+        b.extend(literal(":path", QUOTES));
+        b.extend(literal(":authority", "localhost"));
+        if with_auth {
+            b.extend(literal("authorization", &format!("Bearer {VIEWER}")));
+        }
+        b
+    };
+    // First a well-formed request on stream 1, so that the frames this test
+    // writes by hand are known to be right: its response HEADERS come back.
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    start.extend(frame(0x1, 0x1 | 0x4, 1, &head(true))); // HEADERS, END_STREAM | END_HEADERS
+    tls.write_all(&start).await.unwrap();
+    let mut got = Vec::new();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = tls.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0, "closed before answering the well-formed request");
+            got.extend_from_slice(&buf[..n]);
+            // Walk the frames: a HEADERS frame (type 1) on stream 1?
+            let mut i = 0;
+            while i + 9 <= got.len() {
+                let len = (usize::from(got[i]) << 16)
+                    | (usize::from(got[i + 1]) << 8)
+                    | usize::from(got[i + 2]);
+                let stream = u32::from_be_bytes([got[i + 5], got[i + 6], got[i + 7], got[i + 8]])
+                    & 0x7fff_ffff;
+                if got[i + 3] == 0x1 && stream == 1 {
+                    return;
+                }
+                i += 9 + len;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no response to the well-formed request");
+    assert_eq!(h.journal().len(), 1);
+    // Now the flood on stream 3: HEADERS without END_HEADERS, then CONTINUATION.
+    tls.write_all(&frame(0x1, 0x1, 3, &head(true)))
+        .await
+        .unwrap();
+    let junk = literal("x-padding", &"a".repeat(1000));
+    let mut sent = 0usize;
+    let mut cut_off = false;
+    for _ in 0..4000 {
+        // 4000 x ~1 KiB: far past any header list limit.
+        if tls.write_all(&frame(0x9, 0, 3, &junk)).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        sent += junk.len();
+    }
+    if !cut_off {
+        let _ = tls.flush().await;
+        let mut buf = vec![0u8; 65536];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the connection is still open after {sent} bytes of headers"
+        );
+    }
+    // Only the well-formed request of stream 1 reached the broker.
+    assert_eq!(
+        h.journal().len(),
+        1,
+        "the flooded request reached the broker"
+    );
+    assert_eq!(h.send("GET", QUOTES, Some(VIEWER), None).await.status, 200);
+}
