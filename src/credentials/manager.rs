@@ -602,7 +602,12 @@ mod tests {
             1,
             "{log}"
         );
-        assert!(log.contains("hours_left=46"), "{log}");
+        // 47 h less the few milliseconds the test took (47 when the
+        // clock has not moved a whole millisecond).
+        assert!(
+            log.contains("hours_left=46") || log.contains("hours_left=47"),
+            "{log}"
+        );
 
         // Far from its end: no warning.
         let buf = Buf::default();
