@@ -4,6 +4,7 @@
 //! Protocol is chosen by ALPN, never by sniffing: `h2` negotiated over TLS
 //! gets HTTP/2, everything else HTTP/1.1.
 
+pub mod framing;
 pub mod tls;
 
 use std::future::Future;
@@ -330,8 +331,8 @@ async fn serve_io<I>(
         }
     });
     let l = &opts.limits;
-    let io = TokioIo::new(io);
     let conn: Conn = if h2 {
+        let io = TokioIo::new(io);
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
@@ -357,6 +358,9 @@ async fn serve_io<I>(
             // Flatten head and body into one buffer: over TLS, vectored
             // writes would become one TLS record per slice.
             .writev(false);
+        // Ambiguous framing (both lengths, a repeated length) is made to
+        // fail hyper's own checks before hyper reads it.
+        let io = TokioIo::new(framing::FramingGuard::new(io, l.max_header_bytes));
         Box::pin(b.serve_connection(io, svc))
     };
     drive(

@@ -417,47 +417,94 @@ async fn what_must_keep_working_does() {
     assert!(j[0].path.starts_with("/marketdata") && j[1].path == "/trader/v1/accounts");
 }
 
-/// Both framings at once: hyper takes the chunked one, drops
-/// Content-Length and closes the connection after answering (RFC 9112
-/// §6.3), and the proxy re-frames the body for Schwab itself — so the
-/// classic CL.TE smuggle (a second request hidden after the part
-/// Content-Length covers) never reaches the broker as a request of its own.
+/// Both framings at once (the classic CL.TE smuggle: a second request
+/// hidden after the part Content-Length covers), and a length repeated:
+/// refused with 400 before anything is read as a request, in whichever
+/// order the headers come.
 #[tokio::test]
-async fn content_length_with_transfer_encoding_smuggles_nothing() {
+async fn ambiguous_framing_is_refused_and_smuggles_nothing() {
     let h = Harness::start().await;
     let orders = format!("/trader/v1/accounts/{}/orders", h.account_hash());
-    let hidden = format!(
-        "DELETE {orders}/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TRADER}\r\n\r\n"
-    );
-    let body = format!(
+    let auth = format!("Authorization: Bearer {TRADER}");
+    let hidden = format!("DELETE {orders}/1 HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n\r\n");
+    let chunked = format!(
         "{:x}\r\n{LIMIT_ORDER}\r\n0\r\n\r\n{hidden}",
         LIMIT_ORDER.len()
     );
-    let bytes = req(
-        &[
-            &format!("POST {orders} HTTP/1.1"),
-            "Host: localhost",
-            &format!("Authorization: Bearer {TRADER}"),
-            "Content-Type: application/json",
-            "Content-Length: 4",
-            "Transfer-Encoding: chunked",
-        ],
-        &body,
-    );
-    let (_, text, _) = attempt(&h, &bytes).await;
-    let j = h.journal();
-    assert!(
-        j.iter().all(|e| e.method != "DELETE"),
-        "the hidden request reached the broker: {text}"
-    );
-    assert!(j.len() <= 1, "{j:?}");
-    if let Some(e) = j.first() {
-        assert_eq!(e.body, LIMIT_ORDER, "the order was reinterpreted");
+    let post = format!("POST {orders} HTTP/1.1");
+    let n = format!("Content-Length: {}", LIMIT_ORDER.len());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Content-Length then Transfer-Encoding",
+            req(
+                &[
+                    &post,
+                    "Host: localhost",
+                    &auth,
+                    "Content-Type: application/json",
+                    "Content-Length: 4",
+                    "Transfer-Encoding: chunked",
+                ],
+                &chunked,
+            ),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            req(
+                &[
+                    &post,
+                    "Host: localhost",
+                    &auth,
+                    "Content-Type: application/json",
+                    "Transfer-Encoding: chunked",
+                    "Content-Length: 4",
+                ],
+                &chunked,
+            ),
+        ),
+        (
+            "the same Content-Length twice",
+            req(
+                &[
+                    &post,
+                    "Host: localhost",
+                    &auth,
+                    "Content-Type: application/json",
+                    &n,
+                    &n,
+                ],
+                &format!("{LIMIT_ORDER}{hidden}"),
+            ),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let (status, text, seen) = attempt(&h, &bytes).await;
+        assert_eq!(status, 400, "{name}: {text}");
+        assert_eq!(seen, 0, "{name}: reached the broker");
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: a second answer: {text}"
+        );
     }
-    assert!(
-        text.matches("HTTP/1.1").count() <= 1,
-        "a second answer: {text}"
-    );
+    // The same order, framed one way, still goes through.
+    let (status, text, seen) = attempt(
+        &h,
+        &req(
+            &[
+                &post,
+                "Host: localhost",
+                &auth,
+                "Content-Type: application/json",
+                "Transfer-Encoding: chunked",
+                "Connection: close",
+            ],
+            &format!("{:x}\r\n{LIMIT_ORDER}\r\n0\r\n\r\n", LIMIT_ORDER.len()),
+        ),
+    )
+    .await;
+    assert_eq!((status, seen), (201, 1), "{text}");
+    assert_eq!(h.journal()[0].body, LIMIT_ORDER);
 }
 
 #[tokio::test]
