@@ -59,6 +59,8 @@ logging: { format: json, level: info }
 # One caller from one address at tens of thousands of requests/s: the
 # limits would measure 429s, not the proxy (benches/limits.rs measures them).
 rate_limits: { per_ip: null, auth_failures: null, per_caller: null, groups: {}, per_account_orders: null, upstream: null }
+# The idle-connection phase opens IDLE connections from one address.
+limits: { max_connections_per_ip: 100000 }
 YAML
   target/release/portcullis run --config "$work/$1.yaml" >"$work/$1.out" 2>"$work/$1.log" &
   echo $! >"$work/$1.pid"
