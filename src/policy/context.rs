@@ -48,27 +48,137 @@ pub const PROXY_ID: &str = "portcullis";
 /// access or a `has` test with a literal name, only the fields so named are
 /// built. Any other use (`context.order == …`, `context` passed whole, …)
 /// builds every field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Kept per policy group of the index too: a request builds only what the
+/// groups it evaluates can observe (the union of their fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContextFields {
     All,
+    /// Bit i set: `CONTEXT_FIELDS[i]` / `ORDER_FIELDS[i]` is named. A name
+    /// that is neither (a policy reading a field the context never has) is
+    /// not recorded: there is nothing to build for it.
     Only {
-        context: std::collections::HashSet<String>,
-        order: std::collections::HashSet<String>,
+        context: u8,
+        order: u32,
     },
 }
 
+/// The context's own fields, as `context()` builds them.
+pub const CONTEXT_FIELDS: [&str; 7] = [
+    "client_ip",
+    "time",
+    "market_clock",
+    "mfa",
+    "environment",
+    "session_id",
+    "order",
+];
+
+/// The fields of `context.order`, as `order_record()` builds them.
+pub const ORDER_FIELDS: [&str; 21] = [
+    "strategy",
+    "strategies",
+    "order_types",
+    "sessions",
+    "durations",
+    "max_order_quantity",
+    "legs",
+    "leg_count",
+    "order_count",
+    "max_quantity",
+    "total_quantity",
+    "symbols",
+    "instructions",
+    "asset_types",
+    "order_type",
+    "duration",
+    "session",
+    "complex_strategy",
+    "price",
+    "stop_price",
+    "notional",
+];
+
+/// The bit of `name` in `names` (a compile-time error for a name that is
+/// not there, in the `const` uses below).
+const fn bit(names: &[&str], name: &str) -> u32 {
+    let mut i = 0;
+    while i < names.len() {
+        let (a, b) = (names[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return 1 << i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a context field")
+}
+
+fn bit_of(names: &[&str], name: &str) -> u32 {
+    names.iter().position(|n| *n == name).map_or(0, |i| 1 << i)
+}
+
 impl ContextFields {
-    fn wants(&self, field: &str) -> bool {
-        match self {
-            ContextFields::All => true,
-            ContextFields::Only { context, .. } => context.contains(field),
+    /// No field.
+    pub const NONE: ContextFields = ContextFields::Only {
+        context: 0,
+        order: 0,
+    };
+
+    /// The fields either observes.
+    pub fn union(self, other: ContextFields) -> ContextFields {
+        match (self, other) {
+            (
+                ContextFields::Only { context, order },
+                ContextFields::Only {
+                    context: c,
+                    order: o,
+                },
+            ) => ContextFields::Only {
+                context: context | c,
+                order: order | o,
+            },
+            _ => ContextFields::All,
         }
     }
 
-    fn wants_order(&self, field: &str) -> bool {
+    /// Exactly the named fields (names outside the lists are left out).
+    pub fn only(context: &[&str], order: &[&str]) -> ContextFields {
+        ContextFields::Only {
+            // Seven names: the bits fit in a u8.
+            context: context
+                .iter()
+                .fold(0, |m, n| m | bit_of(&CONTEXT_FIELDS, n) as u8),
+            order: order.iter().fold(0, |m, n| m | bit_of(&ORDER_FIELDS, n)),
+        }
+    }
+
+    /// Whether a policy can read `context.<name>`.
+    pub fn reads(self, name: &str) -> bool {
         match self {
             ContextFields::All => true,
-            ContextFields::Only { order, .. } => order.contains(field),
+            ContextFields::Only { context, .. } => {
+                u32::from(context) & bit_of(&CONTEXT_FIELDS, name) != 0
+            }
+        }
+    }
+
+    fn wants(self, bit: u32) -> bool {
+        match self {
+            ContextFields::All => true,
+            ContextFields::Only { context, .. } => u32::from(context) & bit != 0,
+        }
+    }
+
+    fn wants_order(self, bit: u32) -> bool {
+        match self {
+            ContextFields::All => true,
+            ContextFields::Only { order, .. } => order & bit != 0,
         }
     }
 
@@ -83,10 +193,10 @@ impl ContextFields {
                 return ContextFields::All;
             }
         }
-        ContextFields::Only {
-            context: named.context,
-            order: named.order,
+        fn names(set: &std::collections::HashSet<String>) -> Vec<&str> {
+            set.iter().map(String::as_str).collect()
         }
+        ContextFields::only(&names(&named.context), &names(&named.order))
     }
 }
 
@@ -186,11 +296,8 @@ impl Types {
         })
     }
 
-    pub fn parts(
-        &self,
-        input: &DecisionInput<'_>,
-        fields: &ContextFields,
-    ) -> Result<(EntityUid, EntityUid, EntityUid, Context), String> {
+    /// The principal, action and resource of `input`.
+    pub fn uids(&self, input: &DecisionInput<'_>) -> (EntityUid, EntityUid, EntityUid) {
         let uid = |t: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
         };
@@ -201,7 +308,7 @@ impl Types {
             Resource::Api => uid(&self.api, API_ID),
             Resource::Proxy => uid(&self.proxy, PROXY_ID),
         };
-        Ok((principal, action, resource, context(input, fields)?))
+        (principal, action, resource)
     }
 }
 
@@ -270,10 +377,11 @@ fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpressi
         .map_err(|e| e.to_string())
 }
 
-fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context, String> {
+/// The context of `input` with the fields in `fields`.
+pub fn build(input: &DecisionInput<'_>, fields: ContextFields) -> Result<Context, String> {
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(7);
     let mut field = |name: &str, build: &dyn Fn() -> Result<RestrictedExpression, String>| {
-        if fields.wants(name) {
+        if fields.wants(bit_of(&CONTEXT_FIELDS, name)) {
             pairs.push((name.to_owned(), build()?));
         }
         Ok::<(), String>(())
@@ -303,7 +411,7 @@ fn context(input: &DecisionInput<'_>, fields: &ContextFields) -> Result<Context,
 /// tests natively on the same `OrderSummary` — `OrderSet::of`,
 /// `OrderLong::of`, `OrderOptional::present` — and must see exactly what
 /// this writes: change them together.
-fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedExpression, String> {
+fn order_record(o: &OrderSummary, fields: ContextFields) -> Result<RestrictedExpression, String> {
     let legs = || -> Result<RestrictedExpression, String> {
         let mut legs = Vec::with_capacity(o.legs.len());
         for l in &o.legs {
@@ -320,7 +428,7 @@ fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedEx
     // Each field is built only if the policy set can observe it.
     macro_rules! field {
         ($name:literal, $value:expr) => {
-            if fields.wants_order($name) {
+            if fields.wants_order(const { bit(&ORDER_FIELDS, $name) }) {
                 pairs.push(($name, $value));
             }
         };
@@ -345,7 +453,7 @@ fn order_record(o: &OrderSummary, fields: &ContextFields) -> Result<RestrictedEx
     macro_rules! optional {
         ($name:literal, $value:expr, $build:expr) => {
             if let Some(v) = $value
-                && fields.wants_order($name)
+                && fields.wants_order(const { bit(&ORDER_FIELDS, $name) })
             {
                 pairs.push(($name, $build(v)));
             }

@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint};
 
-use super::context::{is_context_order, order_attr};
+use super::context::{ContextFields, is_context_order, order_attr};
 use crate::pipeline::order::OrderSummary;
 
 /// One action's policies, grouped by what must hold for each to apply.
@@ -41,18 +41,45 @@ pub struct ActionIndex {
     /// for listing).
     pub all: PolicySet,
     /// Policies with no key: evaluated for every request.
-    general: PolicySet,
-    by_principal: HashMap<EntityUid, PolicySet>,
-    by_resource: HashMap<EntityUid, PolicySet>,
+    general: Group,
+    by_principal: HashMap<EntityUid, Group>,
+    by_resource: HashMap<EntityUid, Group>,
     /// By (order field, value).
-    by_order_value: HashMap<(OrderSet, String), PolicySet>,
+    by_order_value: HashMap<(OrderSet, String), Group>,
     /// Policies keyed by tests that are checked one by one (comparisons of
     /// the order's numbers, presence of its optional fields), each policy
     /// in its own set.
-    tested: Vec<(Vec<Test>, PolicySet)>,
+    tested: Vec<(Vec<Test>, Group)>,
     /// Every order-keyed policy, for a request without an order.
-    order_keyed: PolicySet,
+    order_keyed: Group,
 }
+
+/// Policies evaluated together, and the context fields they can observe:
+/// a request builds only the fields of the groups it evaluates.
+pub struct Group {
+    pub set: PolicySet,
+    pub fields: ContextFields,
+}
+
+impl Default for Group {
+    fn default() -> Group {
+        Group {
+            set: PolicySet::new(),
+            fields: ContextFields::NONE,
+        }
+    }
+}
+
+impl Group {
+    fn add(&mut self, p: &Policy, fields: ContextFields) -> bool {
+        self.fields = self.fields.union(fields);
+        self.set.add(p.clone()).is_ok()
+    }
+}
+
+/// A policy with its key and the context fields it can observe (from its
+/// JSON form; `All` when it has none).
+pub type Indexed = (Policy, Key, ContextFields);
 
 /// The key a policy is filed under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,32 +382,29 @@ fn order_set(e: &serde_json::Value) -> Option<OrderSet> {
     OrderSet::ALL.into_iter().find(|s| s.name() == field)
 }
 
-fn add(set: &mut PolicySet, p: &Policy) -> bool {
-    set.add(p.clone()).is_ok()
-}
-
 impl ActionIndex {
     /// Indexes `policies` with their keys (from [`key_of`]); `None` if a
     /// policy could not be filed (the caller then evaluates the whole slice).
-    pub fn new<'a>(policies: impl IntoIterator<Item = &'a (Policy, Key)>) -> Option<ActionIndex> {
+    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Indexed>) -> Option<ActionIndex> {
         let mut ix = ActionIndex {
             all: PolicySet::new(),
-            general: PolicySet::new(),
+            general: Group::default(),
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
             by_order_value: HashMap::new(),
             tested: Vec::new(),
-            order_keyed: PolicySet::new(),
+            order_keyed: Group::default(),
         };
         let mut ok = true;
-        for (p, key) in policies {
-            ok &= add(&mut ix.all, p);
+        for (p, key, fields) in policies {
+            let fields = *fields;
+            ok &= ix.all.add(p.clone()).is_ok();
             ok &= match key.clone() {
-                Key::None => add(&mut ix.general, p),
-                Key::Principal(uid) => add(ix.by_principal.entry(uid).or_default(), p),
-                Key::Resource(uid) => add(ix.by_resource.entry(uid).or_default(), p),
+                Key::None => ix.general.add(p, fields),
+                Key::Principal(uid) => ix.by_principal.entry(uid).or_default().add(p, fields),
+                Key::Resource(uid) => ix.by_resource.entry(uid).or_default().add(p, fields),
                 Key::Order(tests) => {
-                    let mut ok = add(&mut ix.order_keyed, p);
+                    let mut ok = ix.order_keyed.add(p, fields);
                     let values: Option<HashSet<(OrderSet, String)>> = tests
                         .iter()
                         .map(|t| match t {
@@ -392,13 +416,13 @@ impl ActionIndex {
                         // Only set membership: looked up by value.
                         Some(distinct) => {
                             for pair in distinct {
-                                ok &= add(ix.by_order_value.entry(pair).or_default(), p);
+                                ok &= ix.by_order_value.entry(pair).or_default().add(p, fields);
                             }
                         }
                         // Otherwise checked test by test.
                         None => {
-                            let mut own = PolicySet::new();
-                            ok &= add(&mut own, p);
+                            let mut own = Group::default();
+                            ok &= own.add(p, fields);
                             ix.tested.push((tests, own));
                         }
                     }
@@ -418,7 +442,7 @@ impl ActionIndex {
         principal: &EntityUid,
         resource: &EntityUid,
         order: Option<&OrderSummary>,
-    ) -> Vec<&'s PolicySet> {
+    ) -> Vec<&'s Group> {
         let mut out = Vec::with_capacity(4);
         out.push(&self.general);
         out.extend(self.by_principal.get(principal));
@@ -450,7 +474,7 @@ impl ActionIndex {
                 }
             }
         }
-        out.retain(|g| !g.is_empty());
+        out.retain(|g| !g.set.is_empty());
         out
     }
 }

@@ -340,15 +340,17 @@ impl Active {
         } else {
             context::ContextFields::All
         };
-        let keyed: Vec<(cedar_policy::Policy, index::Key)> = bundle
+        let keyed: Vec<index::Indexed> = bundle
             .set
             .policies()
             .zip(&json)
-            .map(|(p, j)| {
-                (
+            .map(|(p, j)| match j {
+                Some(j) => (
                     p.clone(),
-                    j.as_ref().map_or(index::Key::None, |j| index::key_of(p, j)),
-                )
+                    index::key_of(p, j),
+                    context::ContextFields::of([&**j]),
+                ),
+                None => (p.clone(), index::Key::None, context::ContextFields::All),
             })
             .collect();
         let by_action = slice_by_action(&bundle, &keyed);
@@ -357,11 +359,8 @@ impl Active {
         // can read it. Decided from the policies' parsed form (escapes such
         // as `\x73ession_id` are decoded there), so a whole use of the
         // context (`All`) also turns the cache off.
-        let cache = match &context_fields {
-            context::ContextFields::Only { context, .. } => !context.contains("session_id"),
-            context::ContextFields::All => false,
-        }
-        .then(|| std::sync::Mutex::new(DecisionCache::default()));
+        let cache = (!context_fields.reads("session_id"))
+            .then(|| std::sync::Mutex::new(DecisionCache::default()));
         Ok(Active {
             bundle,
             entities,
@@ -434,23 +433,32 @@ impl Active {
         decision
     }
 
-    /// Evaluates one request with Cedar. Never panics; every failure is a deny.
+    /// Evaluates one request with Cedar. Never panics; every failure is a
+    /// deny. Only the groups of policies the index selects are evaluated,
+    /// and the context carries only the fields those groups can observe.
     fn evaluate(&self, input: &DecisionInput<'_>) -> Decision {
-        let request = match self.request(input) {
-            Ok(r) => r,
+        let (principal, action, resource) = self.types.uids(input);
+        let (groups, fields): (Vec<&PolicySet>, context::ContextFields) =
+            match self.index_for(input.action) {
+                Some(ix) => {
+                    let groups = ix.groups(&principal, &resource, input.order);
+                    let fields = groups
+                        .iter()
+                        .fold(context::ContextFields::NONE, |f, g| f.union(g.fields));
+                    (groups.iter().map(|g| &g.set).collect(), fields)
+                }
+                None => (vec![&self.bundle.set], self.context_fields),
+            };
+        let request = context::build(input, fields).and_then(|context| {
+            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())
+        });
+        match request {
+            Ok(request) => self.combine(&request, &groups),
             Err(e) => {
                 tracing::warn!(action = input.action, error = %e, "authorization request could not be built; denied");
-                return Decision::deny(REASON_POLICY_ERROR, Vec::new());
+                Decision::deny(REASON_POLICY_ERROR, Vec::new())
             }
-        };
-        let groups = match self.index_for(input.action) {
-            Some(ix) => match (request.principal(), request.resource()) {
-                (Some(p), Some(r)) => ix.groups(p, r, input.order),
-                _ => vec![&ix.all],
-            },
-            None => vec![&self.bundle.set],
-        };
-        self.combine(&request, &groups)
+        }
     }
 
     /// Evaluates `request` against the whole slice in one go, without the
@@ -458,7 +466,7 @@ impl Active {
     /// trimmed order record are tested against).
     #[cfg(test)]
     fn evaluate_unindexed(&self, input: &DecisionInput<'_>) -> Decision {
-        match self.request_with(input, &context::ContextFields::All) {
+        match self.request_with(input, context::ContextFields::All) {
             Ok(request) => self.combine(&request, &[self.policies_for(input.action)]),
             Err(_) => Decision::deny(REASON_POLICY_ERROR, Vec::new()),
         }
@@ -523,15 +531,16 @@ impl Active {
 
     /// The Cedar request for `input` (public for the benches).
     pub fn request(&self, input: &DecisionInput<'_>) -> Result<Request, String> {
-        self.request_with(input, &self.context_fields)
+        self.request_with(input, self.context_fields)
     }
 
     fn request_with(
         &self,
         input: &DecisionInput<'_>,
-        fields: &context::ContextFields,
+        fields: context::ContextFields,
     ) -> Result<Request, String> {
-        let (principal, action, resource, context) = self.types.parts(input, fields)?;
+        let (principal, action, resource) = self.types.uids(input);
+        let context = context::build(input, fields)?;
         // No per-request schema check: the context is built by this module
         // in the schema's shape, and a mismatch could only make a policy
         // error out or not match — a deny either way (see `decide`).
@@ -555,7 +564,7 @@ impl Active {
 /// decision sees the whole set.
 fn slice_by_action(
     bundle: &PolicyBundle,
-    keyed: &[(cedar_policy::Policy, index::Key)],
+    keyed: &[index::Indexed],
 ) -> HashMap<String, index::ActionIndex> {
     let mut out = HashMap::new();
     let Ok(actions) = bundle.schema.action_entities() else {
@@ -566,11 +575,13 @@ fn slice_by_action(
         if let Some(ancestors) = actions.ancestors(action) {
             related.extend(ancestors);
         }
-        let slice = keyed.iter().filter(|(p, _)| match p.action_constraint() {
-            ActionConstraint::Any => true,
-            ActionConstraint::Eq(a) => &a == action,
-            ActionConstraint::In(list) => list.iter().any(|a| related.contains(a)),
-        });
+        let slice = keyed
+            .iter()
+            .filter(|(p, _, _)| match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => &a == action,
+                ActionConstraint::In(list) => list.iter().any(|a| related.contains(a)),
+            });
         if let Some(ix) = index::ActionIndex::new(slice) {
             out.insert(action.id().unescaped().to_owned(), ix);
         }
@@ -1040,8 +1051,8 @@ mod tests {
             );
             order::parse_order(Some(b"application/json"), body.as_bytes()).expect("order")
         };
-        let names = |groups: Vec<&PolicySet>| {
-            let mut v: Vec<String> = groups.iter().flat_map(|g| ids(g)).collect();
+        let names = |groups: Vec<&index::Group>| {
+            let mut v: Vec<String> = groups.iter().flat_map(|g| ids(&g.set)).collect();
             v.sort();
             v
         };
@@ -1180,11 +1191,7 @@ mod tests {
     #[test]
     fn only_the_context_fields_policies_name_are_built() {
         use context::ContextFields;
-        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
-        let only = |context: &[&str], order: &[&str]| ContextFields::Only {
-            context: set(context),
-            order: set(order),
-        };
+        let only = ContextFields::only;
         assert_eq!(
             context_fields(
                 r#"@id("a") forbid (principal, action == Action::"PlaceOrder", resource)
