@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use tracing::Instrument;
 
 use crate::admin::metrics::{Metrics, status_class};
 use crate::config::{Environment, Limits};
@@ -169,18 +168,22 @@ impl Proxy {
         self.metrics.in_flight.inc();
         let ctx = RequestCtx::new(peer);
         // Every log line written while handling the request carries its id.
-        let span = tracing::info_span!("request", request_id = %ctx.request_id);
+        let id = crate::telemetry::RequestId::new(&ctx.request_id);
+        crate::telemetry::with_request_id(id, self.handle_with(ctx, req)).await
+    }
+
+    async fn handle_with<B>(&self, ctx: RequestCtx, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         let mut done = Finisher {
             proxy: self,
             method: req.method().clone(),
             ctx,
-            span,
             finished: false,
         };
-        let result = self
-            .stages(&mut done.ctx, req)
-            .instrument(done.span.clone())
-            .await;
+        let result = self.stages(&mut done.ctx, req).await;
         let response = match result {
             Ok(r) => r,
             Err(rej) => {
@@ -212,7 +215,6 @@ impl Proxy {
             }
         }
         done.finished = true;
-        let _in_span = done.span.enter();
         self.record(&done.ctx, &done.method, response.status(), false, !durable);
         with_request_id(response, &done.ctx.request_id)
     }
@@ -944,14 +946,12 @@ struct Finisher<'a> {
     proxy: &'a Proxy,
     method: http::Method,
     ctx: RequestCtx,
-    span: tracing::Span,
     finished: bool,
 }
 
 impl Drop for Finisher<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let _in_span = self.span.enter();
             let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
             let audit = !self.ctx.outcome_queued;
             self.proxy

@@ -4,8 +4,8 @@
 //! {"timestamp":"2026-12-04T17:59:34.600787Z","level":"INFO","message":"request","request_id":"…","status":200}
 //! ```
 //!
-//! Span fields (the request id) are top-level keys of every line written
-//! inside the span, which is what log pipelines index on. Written straight
+//! The request id (`super::current_request_id`) and span fields are
+//! top-level keys of every line, which is what log pipelines index on. Written straight
 //! into the output buffer with JSON escaping; tracing-subscriber's own JSON
 //! formatter builds a map per event and cost ~5 µs per request line.
 
@@ -71,6 +71,11 @@ where
             now.microsecond(),
             event.metadata().level()
         )?;
+        if let Some(id) = super::current_request_id() {
+            w.write_str(",\"request_id\":\"")?;
+            Escape(&mut w).write_str(id.as_str())?;
+            w.write_char('"')?;
+        }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
@@ -85,6 +90,27 @@ where
         event.record(&mut v);
         v.result?;
         w.write_str("}\n")
+    }
+}
+
+/// tracing-subscriber's human format, with the request id (if any) first.
+pub struct HumanLine(pub tracing_subscriber::fmt::format::Format);
+
+impl<S, N> FormatEvent<S, N> for HumanLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if let Some(id) = super::current_request_id() {
+            write!(w, "request_id={} ", id.as_str())?;
+        }
+        self.0.format_event(ctx, w, event)
     }
 }
 
@@ -237,5 +263,61 @@ mod tests {
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["message"], "plain message with \"quotes\"");
         assert_eq!(lines[1]["level"], "WARN");
+    }
+
+    #[test]
+    fn the_request_id_of_the_task_is_on_its_lines_in_both_formats() {
+        for human in [false, true] {
+            let buf = Buf::default();
+            let out = buf.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false);
+            let subscriber: Box<dyn Subscriber + Send + Sync> = if human {
+                Box::new(
+                    builder
+                        .event_format(HumanLine(
+                            tracing_subscriber::fmt::format::Format::default().with_target(false),
+                        ))
+                        .finish(),
+                )
+            } else {
+                Box::new(
+                    builder
+                        .fmt_fields(JsonMembers)
+                        .event_format(JsonLine)
+                        .finish(),
+                )
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            tracing::subscriber::with_default(subscriber, || {
+                let id = super::super::RequestId::new("0123456789abcdef0123456789abcdef-too-long");
+                assert_eq!(id.as_str(), "0123456789abcdef0123456789abcdef");
+                rt.block_on(super::super::with_request_id(id, async {
+                    tracing::info!("inside");
+                    tokio::task::yield_now().await;
+                    tracing::info!("after a yield");
+                }));
+                tracing::info!("outside");
+            });
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 3, "{text}");
+            for l in &lines[..2] {
+                if human {
+                    assert!(
+                        l.starts_with("request_id=0123456789abcdef0123456789abcdef "),
+                        "{l}"
+                    );
+                } else {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    assert_eq!(v["request_id"], "0123456789abcdef0123456789abcdef");
+                }
+            }
+            assert!(!lines[2].contains("request_id"), "{}", lines[2]);
+            assert!(lines[2].contains("outside"));
+        }
     }
 }

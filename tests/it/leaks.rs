@@ -70,7 +70,9 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
     let basic = common::basic;
 
     // API keys: good, wrong, malformed.
-    keep(&h.send("GET", QUOTES, Some(VIEWER), None).await);
+    let first = h.send("GET", QUOTES, Some(VIEWER), None).await;
+    let first_id = first.headers["x-request-id"].to_str().unwrap().to_owned();
+    keep(&first);
     keep(&h.send("GET", QUOTES, Some("not-a-real-key"), None).await);
     keep(
         &h.send("GET", QUOTES, Some(&format!("{VIEWER}x")), None)
@@ -243,6 +245,55 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
     assert!(
         log.contains("Schwab refused") || log.contains("token refresh failed"),
         "no failed refresh was logged"
+    );
+    // Every request's line carries its request id (the one its response
+    // names), and so does every line logged while handling a request.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["message"] == "request").collect();
+    assert!(requests.len() > 10, "{} request lines", requests.len());
+    for l in &requests {
+        let id = l["request_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id: {l}"));
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{l}"
+        );
+    }
+    let of_first: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["request_id"] == first_id.as_str())
+        .collect();
+    assert!(
+        of_first
+            .iter()
+            .any(|l| l["message"] == "request" && l["status"] == 200),
+        "the first request's line: {of_first:?}"
+    );
+    let verified: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["message"] == "a spent refresh token was presented again; the session is revoked"
+        })
+        .collect();
+    assert!(!verified.is_empty());
+    for l in verified {
+        let id = l["request_id"].as_str().unwrap_or("");
+        assert!(
+            requests.iter().any(|r| r["request_id"] == id),
+            "a line logged while handling a request lacks its id: {l}"
+        );
+    }
+    // Lines of background work (token refreshes) belong to no request.
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "Schwab access token refreshed")
+            .all(|l| l.get("request_id").is_none())
     );
     for s in &secrets {
         assert!(
