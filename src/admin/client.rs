@@ -174,16 +174,8 @@ async fn mfa_token(
 }
 
 fn client(ca_file: Option<&std::path::Path>) -> Result<HttpsClient, Failure> {
-    let tls = crate::server::tls::client_config(ca_file)
+    let https = crate::server::tls::http1_connector(ca_file, TIMEOUT, true)
         .map_err(|e| Failure(EXIT_USAGE, format!("--ca-file: {e}")))?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 

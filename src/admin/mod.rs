@@ -147,7 +147,7 @@ impl Admin {
         let who = match self.proxy.identify(req.headers(), req.extensions()) {
             Ok(w) => w,
             Err(r) => {
-                self.proxy.rate_limits.auth_failed(call.client_ip);
+                self.proxy.note_auth_failure(call.client_ip, r);
                 return Err(refuse(r));
             }
         };
@@ -160,7 +160,7 @@ impl Admin {
             req.extensions(),
             b"",
         ) {
-            self.proxy.rate_limits.auth_failed(call.client_ip);
+            self.proxy.note_auth_failure(call.client_ip, r);
             return Err(refuse(r));
         }
         if let Err(r) =

@@ -85,15 +85,7 @@ impl OAuthClient {
         timeout: Duration,
     ) -> Result<OAuthClient, String> {
         crate::config::parse_upstream_origin(origin)?;
-        let tls = tls::client_config(extra_ca).map_err(|e| e.to_string())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = tls::http1_connector(extra_ca, timeout, false).map_err(|e| e.to_string())?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

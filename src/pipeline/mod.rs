@@ -244,16 +244,23 @@ impl Proxy {
             return Ok(resp);
         }
         self.admit(ctx, &parts)
-            .inspect_err(|r| self.note_auth_failure(ctx, *r))?;
+            .inspect_err(|r| self.note_auth_failure(ctx.client_ip, *r))?;
         let body = self.read_body(ctx, &parts.headers, body).await?;
         self.check_signature(ctx, &parts, &body)
-            .inspect_err(|r| self.note_auth_failure(ctx, *r))?;
+            .inspect_err(|r| self.note_auth_failure(ctx.client_ip, *r))?;
         self.parse_order(ctx, &parts.headers, &body)?;
         self.decide(ctx)?;
         if self.kill_switch.is_halted() && self.mutates(ctx) {
             return Err(Reject::TradingHalted);
         }
-        // The last gate before Schwab: an order against its account's
+        if self.refuse_reads_without_audit
+            && !self.mutates(ctx)
+            && self.audit.as_ref().is_some_and(|a| !a.healthy())
+        {
+            return Err(Reject::AuditUnavailable);
+        }
+        // The last gate before Schwab (after every refusal, so a refused
+        // request spends no budget): an order against its account's
         // budget, any other call against the app's.
         let order_account = match &ctx.route {
             Some(m) if self.routes.get(m).mutates => self.routes.account(m),
@@ -262,12 +269,6 @@ impl Proxy {
         self.rate_limits
             .check_upstream(order_account)
             .map_err(Reject::RateLimited)?;
-        if self.refuse_reads_without_audit
-            && !self.mutates(ctx)
-            && self.audit.as_ref().is_some_and(|a| !a.healthy())
-        {
-            return Err(Reject::AuditUnavailable);
-        }
         let authorization = self.upstream_auth.header().await?;
         let upstream_req = self.build_upstream_request(ctx, &parts, body, authorization)?;
         self.audit_intent(ctx, &parts.method).await?;
@@ -320,9 +321,9 @@ impl Proxy {
     }
 
     /// A failed authentication counts toward the address's lockout.
-    pub fn note_auth_failure(&self, ctx: &RequestCtx, r: Reject) {
+    pub fn note_auth_failure(&self, client_ip: std::net::IpAddr, r: Reject) {
         if matches!(r, Reject::Unauthenticated | Reject::Signature(_)) {
-            self.rate_limits.auth_failed(ctx.client_ip);
+            self.rate_limits.auth_failed(client_ip);
         }
     }
 

@@ -230,6 +230,31 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> 
     Ok(cfg)
 }
 
+/// An HTTP/1.1 connector for the proxy's own calls (the OAuth token
+/// endpoint, the `halt` command): verification as for the upstream
+/// ([`client_config`]), `connect_timeout` on the TCP connect. Plain `http`
+/// only with `allow_http` (an admin listener on loopback).
+pub fn http1_connector(
+    extra_ca: Option<&Path>,
+    connect_timeout: std::time::Duration,
+    allow_http: bool,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsError,
+> {
+    let tls = client_config(extra_ca)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if allow_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    Ok(builder.enable_http1().wrap_connector(http))
+}
+
 /// The subject alternative names (DNS names and URIs) of a verified client
 /// certificate: what `client_cert_names` match.
 pub fn client_cert_names(cert: &CertificateDer<'_>) -> Vec<String> {
