@@ -181,7 +181,7 @@ impl Admin {
             action,
             mfa = who.mfa,
             allowed = decision.allowed,
-            policies = %decision.policies.join(","),
+            policies = %decision.policy_list(),
             "admin request"
         );
         if !decision.allowed {

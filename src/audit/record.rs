@@ -79,7 +79,7 @@ impl DecisionRecord {
     pub fn of(d: &crate::policy::Decision) -> DecisionRecord {
         DecisionRecord {
             allowed: d.allowed,
-            policies: d.policies.clone(),
+            policies: d.policies.to_vec(),
             reason: d.reason.as_deref().map(str::to_owned),
         }
     }

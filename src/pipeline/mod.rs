@@ -588,10 +588,10 @@ impl Proxy {
                     caller,
                     active = said(&decision),
                     active_reason = decision.reason.as_deref(),
-                    active_policies = %decision.policies.join(","),
+                    active_policies = %decision.policy_list(),
                     shadow = said(&candidate),
                     shadow_reason = candidate.reason.as_deref(),
-                    shadow_policies = %candidate.policies.join(","),
+                    shadow_policies = %candidate.policy_list(),
                     "shadow policy set disagrees (not enforced)"
                 );
             }
@@ -740,7 +740,11 @@ impl Proxy {
             reason = ctx.rejected.map(|r| r.code()),
             decision = ctx.decision.as_ref().map(|d| if d.allowed { "allow" } else { "deny" }),
             deny_reason = ctx.decision.as_ref().and_then(|d| d.reason.as_deref()),
-            policies = ctx.decision.as_ref().map(|d| d.policies.join(",")).filter(|p| !p.is_empty()),
+            policies = ctx
+                .decision
+                .as_ref()
+                .filter(|d| !d.policies.is_empty())
+                .map(|d| tracing::field::display(d.policy_list())),
             cancelled,
             latency_us = elapsed.as_micros() as u64,
             upstream_latency_us = ctx.upstream_latency.map(|l| l.as_micros() as u64),

@@ -13,7 +13,7 @@ use super::index::OrderLong;
 use crate::pipeline::order::OrderSummary;
 
 /// What a request acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resource<'a> {
     /// A per-account endpoint: the Schwab account hash from the path.
     Account(&'a str),

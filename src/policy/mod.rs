@@ -30,19 +30,40 @@ pub use source::{PolicyIssue, PolicySource};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// Ids (`@id`) of the policies that determined the decision.
-    pub policies: Vec<String>,
+    /// Ids (`@id`) of the policies that determined the decision (shared:
+    /// a cached decision is handed out without copying).
+    pub policies: Arc<[String]>,
     /// Stable code for a deny (the 403 body's `reason`); `None` when allowed.
     pub reason: Option<Arc<str>>,
 }
 
 impl Decision {
+    /// The policy ids joined by commas, for a log field (no allocation).
+    pub fn policy_list(&self) -> PolicyList<'_> {
+        PolicyList(&self.policies)
+    }
+
     fn deny(reason: &str, policies: Vec<String>) -> Decision {
         Decision {
             allowed: false,
-            policies,
+            policies: policies.into(),
             reason: Some(Arc::from(reason)),
         }
+    }
+}
+
+/// See [`Decision::policy_list`].
+pub struct PolicyList<'a>(&'a [String]);
+
+impl std::fmt::Display for PolicyList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(id)?;
+        }
+        Ok(())
     }
 }
 
@@ -223,27 +244,84 @@ pub struct Active {
 /// Every input of a decision except `session_id` and the order (requests
 /// with an order are never cached). `time` enters as the second it falls
 /// in, which is all the context carries (see `clock::cedar_datetime`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
+/// Borrowed from the request: a lookup allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CacheKey<'a> {
+    caller: &'a str,
+    action: &'a str,
+    resource: Resource<'a>,
+    client_ip: std::net::IpAddr,
+    mfa: bool,
+    environment: &'a str,
+}
+
+/// A [`CacheKey`] kept in the cache.
+#[derive(Debug)]
+struct StoredKey {
     caller: Box<str>,
     action: Box<str>,
-    resource: CachedResource,
+    resource: StoredResource,
     client_ip: std::net::IpAddr,
     mfa: bool,
     environment: Box<str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum CachedResource {
+#[derive(Debug)]
+enum StoredResource {
     Account(Box<str>),
     Api,
     Proxy,
 }
 
+impl StoredKey {
+    fn of(k: &CacheKey<'_>) -> StoredKey {
+        StoredKey {
+            caller: k.caller.into(),
+            action: k.action.into(),
+            resource: match k.resource {
+                Resource::Account(h) => StoredResource::Account(h.into()),
+                Resource::Api => StoredResource::Api,
+                Resource::Proxy => StoredResource::Proxy,
+            },
+            client_ip: k.client_ip,
+            mfa: k.mfa,
+            environment: k.environment.into(),
+        }
+    }
+
+    fn is(&self, k: &CacheKey<'_>) -> bool {
+        let resource = match (&self.resource, k.resource) {
+            (StoredResource::Account(a), Resource::Account(b)) => **a == *b,
+            (StoredResource::Api, Resource::Api) | (StoredResource::Proxy, Resource::Proxy) => true,
+            _ => false,
+        };
+        resource
+            && *self.caller == *k.caller
+            && *self.action == *k.action
+            && self.client_ip == k.client_ip
+            && self.mfa == k.mfa
+            && *self.environment == *k.environment
+    }
+}
+
+/// Decisions by the hash of their key (with the key itself to tell
+/// colliding keys apart).
 #[derive(Default)]
 struct DecisionCache {
     second: i64,
-    decisions: HashMap<CacheKey, Decision>,
+    hasher: std::hash::RandomState,
+    decisions: HashMap<u64, Vec<(StoredKey, Decision)>>,
+    len: usize,
+}
+
+impl DecisionCache {
+    fn get(&self, hash: u64, key: &CacheKey<'_>) -> Option<&Decision> {
+        self.decisions
+            .get(&hash)?
+            .iter()
+            .find(|(k, _)| k.is(key))
+            .map(|(_, d)| d)
+    }
 }
 
 /// Bound on cached decisions per second (beyond it, decisions are simply
@@ -398,27 +476,25 @@ impl Active {
         };
         let second = input.time.unix_timestamp();
         let key = CacheKey {
-            caller: input.caller.into(),
-            action: input.action.into(),
-            resource: match input.resource {
-                Resource::Account(h) => CachedResource::Account(h.into()),
-                Resource::Api => CachedResource::Api,
-                Resource::Proxy => CachedResource::Proxy,
-            },
+            caller: input.caller,
+            action: input.action,
+            resource: input.resource,
             client_ip: input.client_ip.to_canonical(),
             mfa: input.mfa,
-            environment: input.environment.into(),
+            environment: input.environment,
         };
-        {
+        let hash = {
             let guard = cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let hash = std::hash::BuildHasher::hash_one(&guard.hasher, key);
             if guard.second == second
-                && let Some(d) = guard.decisions.get(&key)
+                && let Some(d) = guard.get(hash, &key)
             {
                 return d.clone();
             }
-        }
+            hash
+        };
         let decision = self.evaluate(input);
         let mut guard = cache
             .lock()
@@ -426,9 +502,15 @@ impl Active {
         if guard.second != second {
             guard.second = second;
             guard.decisions.clear();
+            guard.len = 0;
         }
-        if guard.decisions.len() < DECISION_CACHE_ENTRIES {
-            guard.decisions.insert(key, decision.clone());
+        if guard.len < DECISION_CACHE_ENTRIES && guard.get(hash, &key).is_none() {
+            guard.len += 1;
+            guard
+                .decisions
+                .entry(hash)
+                .or_default()
+                .push((StoredKey::of(&key), decision.clone()));
         }
         decision
     }
@@ -524,7 +606,7 @@ impl Active {
         }
         Decision {
             allowed: true,
-            policies: sorted_ids(permits),
+            policies: sorted_ids(permits).into(),
             reason: None,
         }
     }
@@ -919,6 +1001,159 @@ mod tests {
         let mut other = quote_at(after);
         other.mfa = true;
         assert_eq!(a.decide(&other), a.evaluate(&other));
+    }
+
+    /// Within one second, a request differing from a cached one in any
+    /// single input of the key gets its own decision — each input here
+    /// flips the outcome, so a lookup that ignored one would answer wrong.
+    #[test]
+    fn every_input_of_the_cache_key_tells_decisions_apart() {
+        let a = active_with(
+            r#"@id("p") permit (principal, action, resource);
+               @id("f-caller") forbid (principal == Caller::"eve", action, resource);
+               @id("f-action") forbid (principal, action == Action::"ViewAccounts", resource);
+               @id("f-resource") forbid (principal, action, resource == Account::"H2");
+               @id("f-ip") forbid (principal, action, resource) when { context.client_ip == ip("10.0.0.2") };
+               @id("f-mfa") forbid (principal, action, resource) when { context.mfa };
+               @id("f-env") forbid (principal, action, resource) when { context.environment == "staging" };"#,
+        );
+        assert!(a.cache.is_some());
+        let now = time::macros::datetime!(2026-12-04 15:00:00 UTC);
+        let mut base = quote_at(now);
+        base.action = "ViewAccount";
+        base.resource = Resource::Account("H1");
+        let variants: Vec<(&str, DecisionInput<'static>)> = vec![
+            (
+                "caller",
+                DecisionInput {
+                    caller: "eve",
+                    ..base.clone()
+                },
+            ),
+            (
+                "action",
+                DecisionInput {
+                    action: "ViewAccounts",
+                    ..base.clone()
+                },
+            ),
+            (
+                "resource",
+                DecisionInput {
+                    resource: Resource::Account("H2"),
+                    ..base.clone()
+                },
+            ),
+            (
+                "resource kind",
+                DecisionInput {
+                    resource: Resource::Api,
+                    ..base.clone()
+                },
+            ),
+            (
+                "address",
+                DecisionInput {
+                    client_ip: std::net::IpAddr::from([10, 0, 0, 2]),
+                    ..base.clone()
+                },
+            ),
+            (
+                "mfa",
+                DecisionInput {
+                    mfa: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "environment",
+                DecisionInput {
+                    environment: "staging",
+                    ..base.clone()
+                },
+            ),
+        ];
+        // Cached first in each order: the base, then each variant.
+        assert!(a.decide(&base).allowed);
+        for (what, v) in &variants {
+            assert_eq!(a.decide(v), a.evaluate(v), "{what}");
+            assert!(a.decide(&base).allowed, "{what}");
+        }
+        let b = active_with(
+            &a.bundle
+                .set
+                .policies()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        for (what, v) in &variants {
+            let d = b.decide(v);
+            if *what != "resource kind" {
+                assert!(!d.allowed, "{what}");
+            }
+            assert_eq!(d, b.evaluate(v), "{what}");
+            assert_eq!(b.decide(&base), b.evaluate(&base), "{what}");
+        }
+    }
+
+    /// Keys whose hashes collide are told apart by every field.
+    #[test]
+    fn colliding_cache_keys_are_told_apart() {
+        let base = CacheKey {
+            caller: "bot",
+            action: "ViewAccount",
+            resource: Resource::Account("H1"),
+            client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+            mfa: false,
+            environment: "production",
+        };
+        let keys = [
+            base,
+            CacheKey {
+                caller: "eve",
+                ..base
+            },
+            CacheKey {
+                action: "ViewAccounts",
+                ..base
+            },
+            CacheKey {
+                resource: Resource::Account("H2"),
+                ..base
+            },
+            CacheKey {
+                resource: Resource::Api,
+                ..base
+            },
+            CacheKey {
+                resource: Resource::Proxy,
+                ..base
+            },
+            CacheKey {
+                client_ip: std::net::IpAddr::from([10, 0, 0, 2]),
+                ..base
+            },
+            CacheKey { mfa: true, ..base },
+            CacheKey {
+                environment: "staging",
+                ..base
+            },
+        ];
+        let mut cache = DecisionCache::default();
+        for (i, k) in keys.iter().enumerate() {
+            let d = Decision::deny("x", vec![i.to_string()]);
+            cache
+                .decisions
+                .entry(7)
+                .or_default()
+                .push((StoredKey::of(k), d));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let found = cache.get(7, k).map(|d| d.policies[0].clone());
+            assert_eq!(found, Some(i.to_string()), "{k:?}");
+        }
+        assert!(cache.get(8, &base).is_none());
     }
 
     #[test]
