@@ -431,10 +431,10 @@ impl Proxy {
             return Ok(());
         }
         let malformed = Reject::Signature(signature::SigError::Malformed.code());
-        let scheme = if extensions.get::<crate::server::Secure>().is_some() {
-            "https"
-        } else {
+        let scheme = if extensions.get::<crate::server::Plaintext>().is_some() {
             "http"
+        } else {
+            "https"
         };
         // HTTP/2 carries :authority, HTTP/1.1 Host; when both are present
         // they must agree (hyper fills the URI from :authority).

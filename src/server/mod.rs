@@ -44,9 +44,12 @@ pub type Handler = Arc<
 #[derive(Debug, Clone)]
 pub struct ClientCert(pub Arc<[String]>);
 
-/// Marks requests that arrived over TLS (in the request's extensions).
+/// Marks requests that arrived without TLS (in the request's extensions;
+/// the loopback sidecar and admin listeners). Plaintext is the marked case
+/// so that a request over TLS — nearly every one — carries no extension:
+/// a request's extension map is allocated on its first insert.
 #[derive(Debug, Clone, Copy)]
-pub struct Secure;
+pub struct Plaintext;
 
 /// Returned by a handler to drop the connection without answering.
 #[derive(Debug)]
@@ -318,8 +321,8 @@ async fn serve_io<I>(
         if let Some(c) = &cert {
             req.extensions_mut().insert(c.clone());
         }
-        if secure {
-            req.extensions_mut().insert(Secure);
+        if !secure {
+            req.extensions_mut().insert(Plaintext);
         }
         let fut = handler(req, peer);
         // Counted until the handler finishes or is dropped (client gone).

@@ -63,6 +63,9 @@ struct Spec<'a> {
     created: i64,
     nonce: &'a str,
     cover_digest: bool,
+    /// Scheme and authority of the signed `@target-uri` (default: the
+    /// proxy's TLS listener).
+    origin: Option<String>,
 }
 
 /// A GET of the quotes signed with the HMAC key now, with `nonce`.
@@ -76,13 +79,18 @@ fn hmac(nonce: &str) -> Spec<'_> {
         created: now(),
         nonce,
         cover_digest: true,
+        origin: None,
     }
 }
 
 impl Spec<'_> {
     /// Signs the request the way a client library would.
     fn sign(&self, h: &Harness) -> Signed {
-        let uri = format!("https://localhost:{}{}", h.proxy.port(), self.target);
+        let origin = self
+            .origin
+            .clone()
+            .unwrap_or_else(|| format!("https://localhost:{}", h.proxy.port()));
+        let uri = format!("{origin}{}", self.target);
         let mut headers = vec![("authorization".to_owned(), format!("Bearer {TRADER}"))];
         let mut components = vec!["\"@method\"", "\"@target-uri\""];
         let mut base = format!("\"@method\": {}\n\"@target-uri\": {uri}\n", self.method);
@@ -126,6 +134,39 @@ async fn send(h: &Harness, method: &str, target: &str, body: &str, s: &Signed) -
 }
 
 const QUOTES: &str = "/marketdata/v1/quotes?symbols=AAPL&fields=quote";
+
+/// The scheme is part of what is signed: over the plaintext admin listener
+/// a request signed for `http://` passes the signature check (and is then
+/// judged by Cedar: a Trader may not view the proxy's status, 403), while
+/// the same request signed for `https://` is refused as badly signed.
+#[tokio::test]
+async fn the_signed_scheme_must_be_the_connection_s() {
+    let h = start().await;
+    let authority = format!("127.0.0.1:{}", h.admin.port());
+    for (scheme, nonce, status) in [("http", "s-1", 403), ("https", "s-2", 401)] {
+        let s = Spec {
+            target: "/admin/status".into(),
+            origin: Some(format!("{scheme}://{authority}")),
+            ..hmac(nonce)
+        }
+        .sign(&h);
+        let mut request = format!("GET /admin/status HTTP/1.1\r\nHost: {authority}\r\n");
+        for (n, v) in &s.headers {
+            request.push_str(&format!("{n}: {v}\r\n"));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        let reply = common::parse_raw(&common::raw_plain(h.admin, &request).await);
+        assert_eq!(reply.status, status, "{scheme}: {}", reply.text());
+    }
+    // Over TLS it is the other way round (the other tests sign https://).
+    let s = Spec {
+        origin: Some(format!("http://localhost:{}", h.proxy.port())),
+        ..hmac("s-3")
+    }
+    .sign(&h);
+    let r = send(&h, "GET", QUOTES, "", &s).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}
 
 #[tokio::test]
 async fn signed_requests_pass_and_everything_else_is_refused_before_the_broker() {
