@@ -186,6 +186,10 @@ for name, label in (("portcullis", "portcullis (h2 upstream)"), ("portcullis_h1"
     cpu = json.load(open(f"{w}/{name}_fixed.cpu"))["cpu_us"]
     print(f"added latency at {int(round(d['rps']))} req/s through {label:<25} p50 {(p['p50']-d['p50'])*1000:+.3f} ms, p99 {(p['p99']-d['p99'])*1000:+.3f} ms; CPU {cpu:.1f} µs/request")
 med = lambda n: statistics.median(g(f"{n}_max_{r}")["rps"] for r in range(1, rounds + 1))
+for n, label in (("portcullis", "h2 upstream"), ("portcullis_h1", "h1 upstream")):
+    ratios = [100 * g(f"{n}_max_{r}")["rps"] / g(f"nginx_max_{r}")["rps"] for r in range(1, rounds + 1)]
+    print(f"throughput vs nginx round by round, {label}: " + ", ".join(f"{x:.0f}%" for x in ratios)
+          + f" (min {min(ratios):.0f}%, median {statistics.median(ratios):.0f}%, max {max(ratios):.0f}%)")
 dm, pm, p1, nm = med("direct"), med("portcullis"), med("portcullis_h1"), med("nginx")
 print(f"max throughput (median of {rounds}): direct {dm:.0f}, nginx {nm:.0f}, "
       f"portcullis h2 upstream {pm:.0f} ({100*pm/nm:.0f}% of nginx), h1 upstream {p1:.0f} ({100*p1/nm:.0f}% of nginx) req/s")
