@@ -158,14 +158,10 @@ impl ContextFields {
         }
     }
 
-    /// Whether a policy can read `context.<name>`.
-    pub fn reads(self, name: &str) -> bool {
-        match self {
-            ContextFields::All => true,
-            ContextFields::Only { context, .. } => {
-                u32::from(context) & bit_of(&CONTEXT_FIELDS, name) != 0
-            }
-        }
+    /// Whether a policy can read `context.session_id` (the one context
+    /// field the decision cache's key leaves out).
+    pub fn reads_session_id(self) -> bool {
+        self.wants(const { bit(&CONTEXT_FIELDS, "session_id") })
     }
 
     fn wants(self, bit: u32) -> bool {
@@ -380,29 +376,28 @@ fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpressi
 /// The context of `input` with the fields in `fields`.
 pub fn build(input: &DecisionInput<'_>, fields: ContextFields) -> Result<Context, String> {
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(7);
-    let mut field = |name: &str, build: &dyn Fn() -> Result<RestrictedExpression, String>| {
-        if fields.wants(bit_of(&CONTEXT_FIELDS, name)) {
-            pairs.push((name.to_owned(), build()?));
-        }
-        Ok::<(), String>(())
-    };
+    // Each field by its name's bit, checked at compile time against
+    // CONTEXT_FIELDS (a name missing there would not build).
+    macro_rules! field {
+        ($name:literal, $value:expr) => {
+            if fields.wants(const { bit(&CONTEXT_FIELDS, $name) }) {
+                pairs.push(($name.to_owned(), $value));
+            }
+        };
+    }
     // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d; policies
     // are written with IPv4 ranges.
-    field("client_ip", &|| {
-        Ok(ext(Ext::Ip(input.client_ip.to_canonical())))
-    })?;
-    field("time", &|| {
-        Ok(ext(Ext::Datetime(input.time.unix_timestamp())))
-    })?;
-    field("market_clock", &|| {
+    field!("client_ip", ext(Ext::Ip(input.client_ip.to_canonical())));
+    field!("time", ext(Ext::Datetime(input.time.unix_timestamp())));
+    field!("market_clock", {
         let (weekday, minute) = clock::market_clock(input.time);
-        record(vec![("weekday", long(weekday)), ("minute", long(minute))])
-    })?;
-    field("mfa", &|| Ok(RestrictedExpression::new_bool(input.mfa)))?;
-    field("environment", &|| Ok(string(input.environment)))?;
-    field("session_id", &|| Ok(string(input.session_id)))?;
+        record(vec![("weekday", long(weekday)), ("minute", long(minute))])?
+    });
+    field!("mfa", RestrictedExpression::new_bool(input.mfa));
+    field!("environment", string(input.environment));
+    field!("session_id", string(input.session_id));
     if let Some(o) = input.order {
-        field("order", &|| order_record(o, fields))?;
+        field!("order", order_record(o, fields)?);
     }
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }

@@ -245,7 +245,7 @@ pub struct Active {
 /// with an order are never cached). `time` enters as the second it falls
 /// in, which is all the context carries (see `clock::cedar_datetime`).
 /// Borrowed from the request: a lookup allocates nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Hash)]
 struct CacheKey<'a> {
     caller: &'a str,
     action: &'a str,
@@ -437,7 +437,7 @@ impl Active {
         // can read it. Decided from the policies' parsed form (escapes such
         // as `\x73ession_id` are decoded there), so a whole use of the
         // context (`All`) also turns the cache off.
-        let cache = (!context_fields.reads("session_id"))
+        let cache = (!context_fields.reads_session_id())
             .then(|| std::sync::Mutex::new(DecisionCache::default()));
         Ok(Active {
             bundle,
@@ -652,7 +652,14 @@ fn slice_by_action(
     let Ok(actions) = bundle.schema.action_entities() else {
         return out;
     };
-    for action in bundle.schema.actions() {
+    // Requests name the unqualified `Action::"…"`: only those are sliced
+    // (by name), so an action of another namespace can never stand in for
+    // one of them.
+    for action in bundle
+        .schema
+        .actions()
+        .filter(|a| a.type_name().to_string() == "Action")
+    {
         let mut related: HashSet<&EntityUid> = HashSet::from([action]);
         if let Some(ancestors) = actions.ancestors(action) {
             related.extend(ancestors);
@@ -963,6 +970,43 @@ mod tests {
         Active::new(source::build(files).expect("valid"), &Directory::default()).expect("entities")
     }
 
+    /// Slices are keyed by action name and requests name the unqualified
+    /// `Action::"…"`; only those actions are sliced. An action of the same
+    /// name in another namespace cannot take a slice's place: Cedar refuses
+    /// such a schema (it would shadow the proxy's action), so the set is
+    /// refused at load; one of another name is simply not sliced.
+    #[test]
+    fn namespaced_actions_never_take_the_place_of_the_proxy_s() {
+        let with = |extra: &str, policies: &str| {
+            let schema = format!("{}\n{extra}\n", source::EMBEDDED[0].1);
+            source::build(vec![
+                ("schema.cedarschema".to_owned(), schema),
+                ("p.cedar".to_owned(), policies.to_owned()),
+            ])
+        };
+        let shadowing = with(
+            r#"namespace Other { action "PlaceOrder"; }"#,
+            r#"@id("p") permit (principal, action, resource);"#,
+        );
+        assert!(shadowing.is_err());
+        let bundle = with(
+            r#"namespace Other { action "Foo"; }"#,
+            r#"@id("p") permit (principal, action, resource);
+               @id("f") @reason("no_orders") forbid (principal, action == Action::"PlaceOrder", resource);"#,
+        )
+        .expect("valid");
+        let a = Active::new(bundle, &Directory::default()).expect("entities");
+        assert!(!a.by_action.contains_key("Foo"));
+        let mut place = quote_at(time::OffsetDateTime::now_utc());
+        place.action = "PlaceOrder";
+        place.resource = Resource::Account("H1");
+        let d = a.decide(&place);
+        assert_eq!(d.reason.as_deref(), Some("no_orders"), "{d:?}");
+        assert_eq!(a.evaluate_unindexed(&place), d);
+        let quote = quote_at(time::OffsetDateTime::now_utc());
+        assert!(a.decide(&quote).allowed);
+    }
+
     fn quote_at(t: time::OffsetDateTime) -> DecisionInput<'static> {
         DecisionInput {
             caller: "bot",
@@ -1254,7 +1298,11 @@ mod tests {
                @id("f-orders-ne") @reason("orders_ne") forbid (principal, action == Action::"PlaceOrder", resource)
                  when { 1 != context.order.order_count || context.order.max_quantity < -5 };
                @id("f-notional") @reason("notional") forbid (principal, action == Action::"PlaceOrder", resource)
-                 when { context.order has notional && context.order.notional.greaterThan(decimal("15.00")) };"#,
+                 when { context.order has notional && context.order.notional.greaterThan(decimal("15.00")) };
+               @id("f-h2-whole") @reason("h2_whole") forbid (principal, action == Action::"PlaceOrder", resource == Account::"H2")
+                 when { context.order == context.order && context.order.max_quantity > 5 && context.environment == "staging" };
+               @id("f-ip-clock") @reason("ip_clock") forbid (principal, action == Action::"PlaceOrder", resource)
+                 when { context.client_ip.isInRange(ip("10.0.0.2/32")) && context.market_clock.minute >= 570 };"#,
         );
         // The symbol-keyed policies are filed by symbol, the scoped ones by
         // caller or account, the rest are general.
@@ -1292,6 +1340,7 @@ mod tests {
             v
         };
         let general = [
+            "f-ip-clock",
             "f-unless-safe",
             "f-xyz-late",
             "f-z-unless-first",
@@ -1331,7 +1380,7 @@ mod tests {
         // Without an order every order-keyed policy is evaluated.
         assert_eq!(
             names(place.groups(&uid("Caller", "x"), &uid("Account", "H9"), None)).len(),
-            16
+            17
         );
 
         let mut orders = vec![None];
@@ -1367,15 +1416,18 @@ mod tests {
                 ("PlaceOrder", Resource::Account("H2")),
                 ("ViewAccounts", Resource::Account("H1")),
             ] {
-                for o in &orders {
+                for (o, client_ip) in orders.iter().flat_map(|o| {
+                    [[10, 0, 0, 1], [10, 0, 0, 2]].map(|ip| (o, std::net::IpAddr::from(ip)))
+                }) {
                     for mfa in [false, true] {
                         for environment in ["production", "staging"] {
                             let input = DecisionInput {
                                 caller,
                                 action,
                                 resource,
-                                client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
-                                time: time::OffsetDateTime::now_utc(),
+                                client_ip,
+                                // 10:00 in New York, a Friday.
+                                time: time::macros::datetime!(2026-12-04 15:00:00 UTC),
                                 mfa,
                                 environment,
                                 session_id: "s",
@@ -1409,6 +1461,8 @@ mod tests {
             "not_priced",
             "two_legs",
             "notional",
+            "h2_whole",
+            "ip_clock",
             REASON_POLICY_ERROR,
             REASON_NOT_PERMITTED,
         ] {
