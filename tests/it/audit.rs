@@ -453,18 +453,22 @@ async fn reads_can_be_refused_too_while_the_trail_cannot_be_written() {
         let a = c.audit.as_mut().unwrap();
         a.dir = dir;
         a.reads_when_failing = portcullis::config::ReadsWhenFailing::Refuse;
+        // Two calls of the app's budget: refused reads must not spend it.
+        c.rate_limits.upstream = Some(serde_yaml::from_str("{ rate: 1/h, burst: 2 }").unwrap());
     })
     .await;
-    let r = h
-        .send(
-            "GET",
-            "/marketdata/v1/quotes?symbols=AAPL",
-            Some(VIEWER),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.json()["error"], "audit_unavailable");
+    for _ in 0..3 {
+        let r = h
+            .send(
+                "GET",
+                "/marketdata/v1/quotes?symbols=AAPL",
+                Some(VIEWER),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"], "audit_unavailable");
+    }
     assert!(
         h.journal().is_empty(),
         "an unaudited read reached the broker"
