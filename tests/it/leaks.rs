@@ -313,3 +313,50 @@ async fn no_secret_reaches_a_log_a_response_or_a_metric() {
         );
     }
 }
+
+/// A request the client abandons is logged when its handling is dropped
+/// (`cancelled`, status 499) — with its request id like any other line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_s_line_carries_its_id() {
+    use tokio::io::AsyncWriteExt;
+    let log = Captured::default();
+    let guard =
+        portcullis::telemetry::init_to(LogFormat::Json, "info", log.clone()).expect("subscriber");
+    let h = Harness::start_with(
+        SimOptions {
+            latency: Duration::from_secs(3),
+            ..SimOptions::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut s = h.tls_stream().await;
+    let request = format!(
+        "GET {QUOTES} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {VIEWER}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    h.wait_for_upstream_request().await;
+    drop(s);
+    let mut line = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "request" && l["cancelled"] == true);
+        if line.is_some() {
+            break;
+        }
+    }
+    let line = line.expect("no line for the abandoned request");
+    assert_eq!(line["status"], 499, "{line}");
+    let id = line["request_id"].as_str().unwrap_or("");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{line}"
+    );
+    drop(h);
+    drop(guard);
+}
