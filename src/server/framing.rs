@@ -76,10 +76,8 @@ impl<IO> FramingGuard<IO> {
                     return;
                 }
                 State::Body(n) => {
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(bytes.len());
-                    self.ready.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    let left = n - take as u64;
+                    let left;
+                    (left, bytes) = self.pass(n, bytes);
                     self.state = if left == 0 {
                         State::Head
                     } else {
@@ -87,10 +85,8 @@ impl<IO> FramingGuard<IO> {
                     };
                 }
                 State::ChunkData(n) => {
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(bytes.len());
-                    self.ready.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    let left = n - take as u64;
+                    let left;
+                    (left, bytes) = self.pass(n, bytes);
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
@@ -107,7 +103,7 @@ impl<IO> FramingGuard<IO> {
                     };
                     let end = match self.state {
                         State::Head => head_end(&self.held, bytes),
-                        _ => line_end(&self.held, bytes),
+                        _ => line_end(bytes),
                     };
                     match end {
                         None => {
@@ -130,6 +126,14 @@ impl<IO> FramingGuard<IO> {
                 }
             }
         }
+    }
+
+    /// Passes up to `n` counted bytes (a body, a chunk's data) to hyper;
+    /// returns how many are still to come and the bytes after them.
+    fn pass<'b>(&mut self, n: u64, bytes: &'b [u8]) -> (u64, &'b [u8]) {
+        let take = usize::try_from(n).unwrap_or(usize::MAX).min(bytes.len());
+        self.ready.extend_from_slice(&bytes[..take]);
+        (n - take as u64, &bytes[take..])
     }
 
     /// Everything held goes to hyper as it is; nothing more is watched.
@@ -283,44 +287,37 @@ fn trim_line(b: &[u8]) -> &[u8] {
 }
 
 fn is_h2_preface(held: &[u8]) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    let n = held.len().min(PREFACE.len());
-    n > 0 && held[..n] == PREFACE[..n] && n == PREFACE.len()
+    held.starts_with(b"PRI * HTTP/2.0")
 }
 
 /// Where, in `bytes`, the head that `held` started ends (just past the
-/// blank line: `\r\n\r\n` or `\n\n`, as hyper accepts both).
+/// blank line: `\r\n\r\n` or `\n\n`, as hyper accepts both). Looks at
+/// the last three held bytes followed by the new ones, without copying
+/// them together.
 fn head_end(held: &[u8], bytes: &[u8]) -> Option<usize> {
-    // Look at the last three held bytes plus the new ones.
     let keep = held.len().min(3);
-    let mut window = held[held.len() - keep..].to_vec();
-    window.extend_from_slice(bytes);
+    let tail = &held[held.len() - keep..];
+    // Byte `i` of the held tail followed by the new bytes.
+    let at = |i: usize| if i < keep { tail[i] } else { bytes[i - keep] };
+    let blank = |b: u8| b == b'\r' || b == b'\n';
     // A head that is only blank lines so far ends at its first newline.
-    let only_blank = held.iter().all(|b| *b == b'\r' || *b == b'\n');
-    for i in 0..window.len() {
-        if window[i] != b'\n' {
+    let only_blank = held.iter().all(|b| blank(*b));
+    for i in keep..keep + bytes.len() {
+        if at(i) != b'\n' {
             continue;
         }
-        let at = i + 1;
-        if at <= keep {
-            continue;
-        }
-        let before = &window[..i];
-        let blank_line = before.ends_with(b"\n") || before.ends_with(b"\n\r");
-        let all_blank_so_far = only_blank
-            && window[..i]
-                .iter()
-                .skip(keep)
-                .all(|b| *b == b'\r' || *b == b'\n');
+        let blank_line =
+            (i >= 1 && at(i - 1) == b'\n') || (i >= 2 && at(i - 1) == b'\r' && at(i - 2) == b'\n');
+        let all_blank_so_far = only_blank && (keep..i).all(|j| blank(at(j)));
         if blank_line || all_blank_so_far {
-            return Some(at - keep);
+            return Some(i + 1 - keep);
         }
     }
     None
 }
 
-/// Where, in `bytes`, the line that `held` started ends (past its `\n`).
-fn line_end(_held: &[u8], bytes: &[u8]) -> Option<usize> {
+/// Where, in `bytes`, the line being held ends (past its `\n`).
+fn line_end(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|b| *b == b'\n').map(|i| i + 1)
 }
 
@@ -351,8 +348,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
-                    let got = rb.filled();
-                    if got.is_empty() {
+                    let got = rb.filled().len();
+                    if got == 0 {
                         // End of stream: hand over whatever was held.
                         if this.held.is_empty() {
                             return Poll::Ready(Ok(()));
@@ -360,8 +357,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
                         this.give_up();
                         continue;
                     }
-                    let got = got.to_vec();
-                    this.feed(&got);
+                    this.feed(&tmp[..got]);
                 }
             }
         }
@@ -423,7 +419,10 @@ mod tests {
             b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nTrailer-A: 1\r\n\r\n",
         );
         all.extend_from_slice(b"GET /lf HTTP/1.1\nHost: x\n\n");
+        // Blank lines before a request line.
+        all.extend_from_slice(b"\r\n\n");
         all.extend_from_slice(PLAIN);
+        all.extend_from_slice(b"POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok");
         for step in [1, 2, 3, 7, 64, 4096] {
             let (out, refused) = through(&all, step);
             assert_eq!(out, all, "step {step}");
