@@ -63,7 +63,7 @@ pub enum ContextFields {
     },
 }
 
-/// The context's own fields, as `context()` builds them.
+/// The context's own fields, as `build()` builds them.
 pub const CONTEXT_FIELDS: [&str; 7] = [
     "client_ip",
     "time",
@@ -148,6 +148,7 @@ impl ContextFields {
     }
 
     /// Exactly the named fields (names outside the lists are left out).
+    #[cfg(test)]
     pub fn only(context: &[&str], order: &[&str]) -> ContextFields {
         ContextFields::Only {
             // Seven names: the bits fit in a u8.
@@ -189,17 +190,19 @@ impl ContextFields {
                 return ContextFields::All;
             }
         }
-        fn names(set: &std::collections::HashSet<String>) -> Vec<&str> {
-            set.iter().map(String::as_str).collect()
+        ContextFields::Only {
+            context: named.context,
+            order: named.order,
         }
-        ContextFields::only(&names(&named.context), &names(&named.order))
     }
 }
 
+/// The fields named so far, as bits of `CONTEXT_FIELDS` / `ORDER_FIELDS`
+/// (a name outside the lists sets none).
 #[derive(Default)]
 struct Named {
-    context: std::collections::HashSet<String>,
-    order: std::collections::HashSet<String>,
+    context: u8,
+    order: u32,
 }
 
 fn is_context(e: &serde_json::Value) -> bool {
@@ -253,9 +256,10 @@ fn visit(e: &serde_json::Value, accessed: bool, named: &mut Named) -> Result<(),
                         let left = v.get("left").ok_or(())?;
                         let attr = v.get("attr").and_then(|a| a.as_str()).ok_or(())?;
                         if is_context_order(left) {
-                            named.order.insert(attr.to_owned());
+                            named.order |= bit_of(&ORDER_FIELDS, attr);
                         } else if is_context(left) {
-                            named.context.insert(attr.to_owned());
+                            // Seven names: the bits fit in a u8.
+                            named.context |= bit_of(&CONTEXT_FIELDS, attr) as u8;
                         }
                         if is_context_order(e) && !accessed {
                             return Err(());
