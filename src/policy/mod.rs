@@ -239,6 +239,8 @@ pub struct Active {
     /// `None` when a policy reads `context.session_id` (the one input a
     /// cache key leaves out) or uses the context whole.
     cache: Option<std::sync::Mutex<DecisionCache>>,
+    /// Hashes cache keys (outside the cache's lock).
+    cache_hasher: std::hash::RandomState,
 }
 
 /// Every input of a decision except `session_id` and the order (requests
@@ -309,7 +311,6 @@ impl StoredKey {
 #[derive(Default)]
 struct DecisionCache {
     second: i64,
-    hasher: std::hash::RandomState,
     decisions: HashMap<u64, Vec<(StoredKey, Decision)>>,
     len: usize,
 }
@@ -447,6 +448,7 @@ impl Active {
             whole,
             context_fields,
             cache,
+            cache_hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -483,18 +485,17 @@ impl Active {
             mfa: input.mfa,
             environment: input.environment,
         };
-        let hash = {
+        let hash = std::hash::BuildHasher::hash_one(&self.cache_hasher, key);
+        {
             let guard = cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let hash = std::hash::BuildHasher::hash_one(&guard.hasher, key);
             if guard.second == second
                 && let Some(d) = guard.get(hash, &key)
             {
                 return d.clone();
             }
-            hash
-        };
+        }
         let decision = self.evaluate(input);
         let mut guard = cache
             .lock()
