@@ -102,8 +102,22 @@ pub fn upstream_request_headers(
         out.append(name.clone(), value.clone());
     }
     out.insert(header::AUTHORIZATION, authorization);
-    out.insert(HeaderName::from_static("x-request-id"), request_id);
+    out.insert(
+        HeaderName::from_static("x-request-id"),
+        never_indexed(request_id),
+    );
     out
+}
+
+/// Marks a value that differs on every request so that HTTP/2 sends it as a
+/// literal never added to the HPACK dynamic table (RFC 7541 §6.2.3): indexed,
+/// each request id would be inserted on both ends of the connection, evict an
+/// entry that was worth keeping, and first be compared against every request
+/// id already in the table. (h2 has one flag for this: "sensitive", which also
+/// hides the value from `Debug`.)
+fn never_indexed(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
 }
 
 /// Cleans an upstream response's headers in place.
@@ -144,6 +158,7 @@ mod tests {
         assert_eq!(out.get("authorization").unwrap(), "Bearer real");
         assert_eq!(out.get_all("authorization").iter().count(), 1);
         assert_eq!(out.get("x-request-id").unwrap(), "rid");
+        assert!(out.get("x-request-id").unwrap().is_sensitive());
         assert_eq!(out.get("accept").unwrap(), "application/json");
         assert_eq!(out.get_all("x-multi").iter().count(), 2);
         for gone in [

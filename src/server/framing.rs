@@ -342,14 +342,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
             if this.state == State::Off && this.held.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut tmp = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+            if buf.remaining() == 0 {
+                // Nowhere to put bytes: reading now would look like the end.
+                return Poll::Ready(Ok(()));
+            }
+            // The caller's buffer is the scratch space: read into it, let the
+            // guard take the new bytes, then hand back what it released (no
+            // buffer of our own to allocate or zero on every read).
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
-                    let got = rb.filled().len();
-                    if got == 0 {
+                    if buf.filled().len() == before {
                         // End of stream: hand over whatever was held.
                         if this.held.is_empty() {
                             return Poll::Ready(Ok(()));
@@ -357,7 +362,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
                         this.give_up();
                         continue;
                     }
-                    this.feed(&tmp[..got]);
+                    this.feed(&buf.filled()[before..]);
+                    buf.set_filled(before);
                 }
             }
         }
@@ -456,6 +462,45 @@ mod tests {
                     String::from_utf8_lossy(&out)
                 );
             }
+        }
+    }
+
+    /// Reads everything through the guard's `poll_read` with a caller
+    /// buffer of `cap` bytes, which already holds `prefix` bytes (hyper's
+    /// buffer is often partly filled).
+    async fn read_through(input: &[u8], cap: usize, prefix: usize) -> (Vec<u8>, usize) {
+        let mut g = FramingGuard::new(input, 16384);
+        let mut out = Vec::new();
+        let mut storage = vec![0xAAu8; prefix + cap];
+        loop {
+            let mut rb = ReadBuf::new(&mut storage);
+            rb.advance(prefix);
+            std::future::poll_fn(|cx| Pin::new(&mut g).poll_read(cx, &mut rb))
+                .await
+                .unwrap();
+            assert_eq!(&rb.filled()[..prefix], &vec![0xAAu8; prefix][..]);
+            let new = &rb.filled()[prefix..];
+            if new.is_empty() {
+                return (out, g.refused);
+            }
+            out.extend_from_slice(new);
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_through_the_callers_buffer_of_any_size() {
+        let mut all = PLAIN.to_vec();
+        all.extend_from_slice(b"POST /o HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        let smuggle =
+            b"POST /o HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        // A head cut off by the end of the stream is handed over as it is.
+        let cut = b"GET /cut HTTP/1.1\r\nHost: x";
+        for (cap, prefix) in [(1, 0), (3, 5), (64, 0), (8192, 100)] {
+            assert_eq!(read_through(&all, cap, prefix).await, (all.clone(), 0));
+            let (out, refused) = read_through(smuggle, cap, prefix).await;
+            assert_eq!((out.len(), refused), (smuggle.len(), 1), "cap {cap}");
+            assert!(out.windows(7).any(|w| w == b"xxxxxxx"), "cap {cap}");
+            assert_eq!(read_through(cut, cap, prefix).await, (cut.to_vec(), 0));
         }
     }
 
