@@ -172,26 +172,43 @@ impl<W: Write> Visit for Members<'_, W> {
 struct Escape<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escape<'_, W> {
+    /// Byte by byte: every character that needs escaping is ASCII except
+    /// U+2028 and U+2029 (bytes E2 80 A8 / E2 80 A9), so runs of anything
+    /// else are copied whole without decoding UTF-8.
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, c) in s.char_indices() {
-            let esc: Option<&str> = match c {
-                '"' => Some("\\\""),
-                '\\' => Some("\\\\"),
-                '\n' => Some("\\n"),
-                '\r' => Some("\\r"),
-                '\t' => Some("\\t"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                    None
+        let mut i = 0;
+        while i < bytes.len() {
+            let (esc, len) = match bytes[i] {
+                b'"' => (Some("\\\""), 1),
+                b'\\' => (Some("\\\\"), 1),
+                b'\n' => (Some("\\n"), 1),
+                b'\r' => (Some("\\r"), 1),
+                b'\t' => (Some("\\t"), 1),
+                0..=0x1f | 0x7f => (None, 1),
+                0xe2 if bytes.get(i + 1) == Some(&0x80)
+                    && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+                {
+                    (None, 3)
                 }
-                _ => continue,
+                _ => {
+                    i += 1;
+                    continue;
+                }
             };
+            // `i` is at an ASCII byte or at the lead byte of U+2028/9: a
+            // character boundary.
             self.0.write_str(&s[start..i])?;
             match esc {
                 Some(e) => self.0.write_str(e)?,
-                None => write!(self.0, "\\u{:04x}", c as u32)?,
+                None => {
+                    let c = s[i..].chars().next().map_or(0, |c| c as u32);
+                    write!(self.0, "\\u{c:04x}")?;
+                }
             }
-            start = i + c.len_utf8();
+            i += len;
+            start = i;
         }
         self.0.write_str(&s[start..])
     }
@@ -263,6 +280,36 @@ mod tests {
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["message"], "plain message with \"quotes\"");
         assert_eq!(lines[1]["level"], "WARN");
+    }
+
+    #[test]
+    fn escaping_round_trips_and_leaves_no_raw_control_or_line_separator() {
+        for input in [
+            "",
+            "plain ascii",
+            "quote \" backslash \\ nl \n cr \r tab \t",
+            "\u{0}\u{1}\u{1f}\u{7f} end",
+            "multibyte é ü 漢字 🦀 and \u{2028} \u{2029} separators",
+            "\u{2027}\u{202a} neighbours of the separators (left as they are)",
+            "\u{2028}",
+            "trailing backslash \\",
+        ] {
+            let mut out = String::from("\"");
+            Escape(&mut out).write_str(input).unwrap();
+            out.push('"');
+            let back: String = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            assert_eq!(back, input);
+            assert!(
+                !out.chars().any(|c| (c as u32) < 0x20
+                    || c == '\u{7f}'
+                    || c == '\u{2028}'
+                    || c == '\u{2029}'),
+                "{out}"
+            );
+        }
+        let mut out = String::new();
+        Escape(&mut out).write_str("a\u{2028}b\u{1}").unwrap();
+        assert_eq!(out, "a\\u2028b\\u0001");
     }
 
     #[test]
