@@ -377,7 +377,17 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(&StartError::Config(e)),
             };
             let _log = telemetry::init(cfg.logging.format, &cfg.logging.level);
-            runtime(async move {
+            runtime_with(cfg.runtime.worker_threads, async move {
+                let m = tokio::runtime::Handle::current().metrics();
+                tracing::info!(
+                    worker_threads = m.num_workers(),
+                    scheduler = if cfg.runtime.worker_threads == 1 {
+                        "current_thread"
+                    } else {
+                        "multi_thread"
+                    },
+                    "runtime"
+                );
                 let listeners = Listeners::bind(&cfg).await?;
                 let (trigger, shutdown) = server::shutdown_channel();
                 tokio::spawn(on_signals(trigger));
@@ -710,10 +720,31 @@ fn runtime<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), StartError>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    runtime_with(0, fut)
+}
+
+/// The tokio runtime for `worker_threads` (`runtime.worker_threads`): 1 is
+/// the current-thread scheduler, where one thread does everything; 0 is the
+/// multi-thread scheduler with one worker per core; N is N workers.
+pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    b.enable_all().build()
+}
+
+fn runtime_with<F>(worker_threads: usize, fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), StartError>>,
+{
+    let rt = match build_runtime(worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&StartError::Internal(format!("tokio runtime: {e}"))),
     };
@@ -928,4 +959,32 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
     };
     server::serve(listener, Some(tls), sim.handler(), opts, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn worker_threads_choose_the_scheduler() {
+        let one = super::build_runtime(1).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(one.metrics().num_workers(), 1);
+        let three = super::build_runtime(3).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let per_core = super::build_runtime(0).unwrap();
+        assert_eq!(
+            per_core.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        // Timers and I/O work on the single thread.
+        one.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let (a, b) = tokio::join!(l.accept(), tokio::net::TcpStream::connect(addr));
+            assert!(a.is_ok() && b.is_ok());
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        });
+    }
 }

@@ -46,6 +46,9 @@ pub struct Config {
     pub environment: Environment,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// How many threads serve requests.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Re-reading secrets and certificates when their files change.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -922,6 +925,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The threads that serve requests (docs/configuration.md, `runtime`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// 0: one per CPU core, sharing the work (tokio's multi-thread
+    /// scheduler). 1: one thread serves everything (tokio's current-thread
+    /// scheduler), the least CPU per request. N: N threads sharing the work.
+    #[serde(default)]
+    pub worker_threads: usize,
+}
+
+/// The most `runtime.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
@@ -1256,6 +1273,12 @@ impl Config {
             issue(
                 "upstream".into(),
                 "connect_timeout and response_header_timeout must be above zero".into(),
+            );
+        }
+        if self.runtime.worker_threads > MAX_WORKER_THREADS {
+            issue(
+                "runtime.worker_threads".into(),
+                format!("must be between 0 (one per CPU core) and {MAX_WORKER_THREADS}"),
             );
         }
         if !(1..=16).contains(&u.http2_connections) {
@@ -1755,6 +1778,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("key hash") || e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn runtime_worker_threads_default_and_bounds() {
+        let c = Config::from_yaml(MIN, "t", Mode::Normal).unwrap();
+        assert_eq!(c.runtime.worker_threads, 0);
+        let c = Config::from_yaml(
+            &format!("{MIN}runtime: {{ worker_threads: 1 }}\n"),
+            "t",
+            Mode::Normal,
+        )
+        .unwrap();
+        assert_eq!(c.runtime.worker_threads, 1);
+        for bad in ["257", "-1", "many"] {
+            let text = format!("{MIN}runtime: {{ worker_threads: {bad} }}\n");
+            let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+            assert!(
+                e.to_string().contains("runtime.worker_threads"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::from_yaml(
+            &format!("{MIN}runtime: {{ workers: 2 }}\n"),
+            "t",
+            Mode::Normal,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("workers"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,53 +12,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use common::BIN;
 const ORDER: &str = r#"{"session":"NORMAL","duration":"DAY","orderType":"LIMIT","price":"150.00","orderStrategyType":"SINGLE","orderLegCollection":[{"instruction":"BUY","instrument":{"assetType":"EQUITY","symbol":"AAPL"},"quantity":1}]}"#;
-
-/// Reads lines from `r` until `f` finds what it wants (or 20 s pass).
-fn wait_for<R: std::io::Read>(r: R, f: impl Fn(&str) -> Option<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for line in BufReader::new(r).lines() {
-        let line = line.expect("line");
-        if let Some(v) = f(&line) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting");
-    }
-    panic!("the process ended before printing what was expected");
-}
-
-fn client(
-    ca: &str,
-) -> hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
-> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(common::tls_config(ca, false))
-        .https_only()
-        .enable_http1()
-        .build();
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_intent_record() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n).display().to_string();
 
-    // The simulator, in its own process (its stdout is closed once the
-    // address is read: it must keep running).
-    let mut sim = Command::new(BIN)
-        .args(["sim", "--dir", &p("sim"), "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(d.path().join("sim.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let sim_addr = wait_for(sim.stdout.take().unwrap(), |l| {
-        l.strip_prefix("Schwab simulator on https://")
-            .map(str::to_owned)
-    });
+    // The simulator, in its own process.
+    let (mut sim, sim_addr) = common::spawn_sim(d.path());
 
     // The proxy: one trader, the audit trail on.
     let key = "kill9-trader-key-0123456789abcdef0123";
@@ -91,27 +53,11 @@ async fn kill_9_under_load_loses_no_intent_record() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let port = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(p("proxy.log")).unwrap_or_default();
-            let found = text.lines().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["message"] == "proxy listening")
-                    .then(|| v["address"].as_str()?.rsplit(':').next().map(str::to_owned))
-                    .flatten()
-            });
-            if let Some(port) = found {
-                break port;
-            }
-            assert!(Instant::now() < deadline, "the proxy did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let port = common::wait_for_listening(&d.path().join("proxy.log"));
 
     // Orders from 16 connections until the proxy dies.
     let ca = std::fs::read_to_string(p("sim/ca.pem")).unwrap();
-    let c = Arc::new(client(&ca));
+    let c = Arc::new(common::https_client(&ca));
     let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut loops = Vec::new();
     for _ in 0..16 {

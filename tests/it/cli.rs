@@ -546,3 +546,64 @@ fn audit_checkpoint_keys_and_checks_from_the_command_line() {
     ]);
     assert_eq!(code, 64, "{err}");
 }
+
+/// `runtime.worker_threads: 1`: the real binary serves on one thread (the
+/// current-thread scheduler) and proxies like the default runtime does.
+#[tokio::test]
+async fn run_on_a_single_thread_serves_requests() {
+    use crate::common;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    let d = tempfile::tempdir().unwrap();
+    let (mut sim, sim_addr) = common::spawn_sim(d.path());
+    let sim_dir = d.path().join("sim");
+    let key = "single-thread-viewer-key-0123456789ab";
+    let config = format!(
+        "listen:\n  - address: 127.0.0.1:0\n    tls: {{ cert_file: {s}/sim-cert.pem, key_file: {s}/sim-key.pem }}\n\
+         admin: {{ address: 127.0.0.1:0 }}\n\
+         upstream:\n  base_url: https://{sim_addr}\n  extra_ca_file: {s}/ca.pem\n  access_token: file:{s}/access-token\n\
+         callers:\n  - {{ id: bot, role: Viewer, key_hashes: [\"sha256:{hash}\"] }}\n\
+         runtime: {{ worker_threads: 1 }}\n\
+         logging: {{ format: json, level: info }}\n",
+        s = sim_dir.display(),
+        hash = portcullis::keys::hash_key_hex(key),
+    );
+    let cfg = write(&d, "proxy.yaml", &config);
+    let log_path = d.path().join("proxy.log");
+    let mut proxy = Command::new(common::BIN)
+        .args(["run", "--config", &cfg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let port = common::wait_for_listening(&log_path);
+    let ca = std::fs::read_to_string(sim_dir.join("ca.pem")).unwrap();
+    let c = common::https_client(&ca);
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .uri(format!(
+                "https://localhost:{port}/marketdata/v1/quotes?symbols=AAPL"
+            ))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("AAPL"));
+    }
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let runtime: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "runtime")
+        .unwrap_or_else(|| panic!("no runtime line: {log}"));
+    assert_eq!(runtime["scheduler"], "current_thread");
+    assert_eq!(runtime["worker_threads"], 1);
+}

@@ -490,3 +490,72 @@ pub fn without_rate_limits(c: &mut Config) {
     r.per_account_orders = None;
     r.upstream = None;
 }
+
+/// The `portcullis` binary, for tests that run it as its own process.
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Reads lines from `r` until `f` finds what it wants (or 20 s pass).
+pub fn wait_for_line<R: std::io::Read>(r: R, f: impl Fn(&str) -> Option<String>) -> String {
+    use std::io::BufRead;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for line in std::io::BufReader::new(r).lines() {
+        let line = line.expect("line");
+        if let Some(v) = f(&line) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+    }
+    panic!("the process ended before printing what was expected");
+}
+
+/// `portcullis sim` in its own process with its files under `dir/sim`
+/// (stderr to `dir/sim.log`); returns the child and its `host:port`. Its
+/// stdout is closed once the address is read: it must keep running.
+pub fn spawn_sim(dir: &Path) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut sim = Command::new(BIN)
+        .args(["sim", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.join("sim"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = wait_for_line(sim.stdout.take().unwrap(), |l| {
+        l.strip_prefix("Schwab simulator on https://")
+            .map(str::to_owned)
+    });
+    (sim, addr)
+}
+
+/// Waits (20 s at most) until the JSON log at `log` says the proxy listens;
+/// returns its port.
+pub fn wait_for_listening(log: &Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text.lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "proxy listening")
+                .then(|| v["address"].as_str()?.rsplit(':').next().map(str::to_owned))
+                .flatten()
+        });
+        if let Some(port) = found {
+            return port;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP/1.1 client over TLS trusting `ca` (PEM).
+pub fn https_client(ca: &str) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca, false))
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
