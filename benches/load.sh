@@ -18,6 +18,7 @@ MAXDURATION=${MAXDURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-1000}
 P_PROXY=18443 P_SIM=18444 P_ADMIN=19464 P_NGINX=18445 P_PROXY_H1=18446 P_ADMIN_H1=19465
+P_PROXY_1T=18447 P_ADMIN_1T=19466 P_NGINX_AUTO=18448
 
 for tool in oha nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (see the header of this script)" >&2; exit 1; }
@@ -27,7 +28,7 @@ work=$(mktemp -d)
 cleanup() {
   for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ -n "${sim_pid:-}" ] && kill "$sim_pid" 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for n in nginx nginx_auto; do [ -f "$work/$n.pid" ] && kill "$(cat "$work/$n.pid")" 2>/dev/null || true; done
   sleep 0.5; rm -rf "$work"
 }
 trap cleanup EXIT
@@ -42,7 +43,7 @@ for _ in $(seq 100); do [ -s "$work/sim/access-token" ] && break; sleep 0.1; don
 KEY=$(target/release/portcullis key generate 2>/dev/null)
 CALLER_KEY=$(echo "$KEY" | sed -n 's/^key:  //p')
 CALLER_HASH=$(echo "$KEY" | sed -n 's/^hash: //p')
-start_proxy() { # name port admin-port http2
+start_proxy() { # name port admin-port http2 worker-threads
   cat >"$work/$1.yaml" <<YAML
 listen:
   - address: 127.0.0.1:$2
@@ -53,6 +54,7 @@ upstream:
   extra_ca_file: $work/sim/ca.pem
   access_token: file:$work/sim/access-token
   http2: $4
+runtime: { worker_threads: ${5:-0} }
 callers:
   - { id: load, role: Viewer, key_hashes: ["$CALLER_HASH"] }
 logging: { format: json, level: info }
@@ -71,19 +73,26 @@ YAML
 # upstream pool — the mode the nginx yardstick uses (proxy_http_version 1.1).
 start_proxy portcullis $P_PROXY $P_ADMIN true
 start_proxy portcullis_h1 $P_PROXY_H1 $P_ADMIN_H1 false
+# One thread serving everything (runtime.worker_threads: 1), the match for
+# nginx with one worker process.
+start_proxy portcullis_1t $P_PROXY_1T $P_ADMIN_1T true 1
 proxy_pid=$(cat "$work/portcullis.pid")
 
-mkdir -p "$work/nginx"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log warn;
+# Two nginx yardsticks: one worker process (nginx's built-in default), and
+# one per core (`auto`, the default of Debian's and the official image's
+# nginx.conf). Each is compared with the portcullis runtime that matches it.
+start_nginx() { # name workers port
+  mkdir -p "$work/$1"
+  cat >"$work/$1.conf" <<NGINX
+worker_processes $2;
+pid $work/$1.pid;
+error_log $work/$1/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log $work/nginx/access.log;
+  access_log $work/$1/access.log;
   upstream sim { server 127.0.0.1:$P_SIM; keepalive 64; }
   server {
-    listen 127.0.0.1:$P_NGINX ssl http2;
+    listen 127.0.0.1:$3 ssl http2;
     ssl_certificate $work/sim/sim-cert.pem;
     ssl_certificate_key $work/sim/sim-key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -100,7 +109,10 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work/nginx" 2>/dev/null || nginx -c "$work/nginx.conf" -p "$work/nginx"
+  nginx -c "$work/$1.conf" -p "$work/$1" 2>/dev/null || nginx -c "$work/$1.conf" -p "$work/$1"
+}
+start_nginx nginx 1 $P_NGINX
+start_nginx nginx_auto auto $P_NGINX_AUTO
 
 TOKEN=$(cat "$work/sim/access-token")
 PATHQ="/marketdata/v1/quotes?symbols=AAPL&fields=quote"
@@ -118,7 +130,7 @@ cpu_ns() {
   done
   echo "$total"
 }
-nginx_pids() { local m; m=$(cat "$work/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+nginx_pids() { local m; m=$(cat "$work/${1:-nginx}.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 cpu_per_request() { # name pids... ; runs the fixed-rate phase and reports CPU µs/request
   local name=$1; shift
   local before after
@@ -143,7 +155,7 @@ PY
 }
 
 echo "== warm-up (2s each, discarded)"
-for t in "127.0.0.1:$P_SIM $TOKEN" "localhost:$P_PROXY $CALLER_KEY" "localhost:$P_PROXY_H1 $CALLER_KEY" "localhost:$P_NGINX $TOKEN"; do
+for t in "127.0.0.1:$P_SIM $TOKEN" "localhost:$P_PROXY $CALLER_KEY" "localhost:$P_PROXY_H1 $CALLER_KEY" "localhost:$P_PROXY_1T $CALLER_KEY" "localhost:$P_NGINX $TOKEN" "localhost:$P_NGINX_AUTO $TOKEN"; do
   set -- $t
   oha --no-tui --output-format quiet --cacert "$CA" -H "Authorization: Bearer $2" -z 2s -c "$MAXCONNS" "https://$1$PATHQ" >/dev/null
 done
@@ -157,7 +169,9 @@ fixed() { # name url key pids...
 fixed direct_fixed "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" "$sim_pid"
 fixed portcullis_fixed "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis.pid")"
 fixed portcullis_h1_fixed "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_h1.pid")"
+fixed portcullis_1t_fixed "https://localhost:$P_PROXY_1T$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_1t.pid")"
 fixed nginx_fixed "https://localhost:$P_NGINX$PATHQ" "$TOKEN" $(nginx_pids)
+fixed nginx_auto_fixed "https://localhost:$P_NGINX_AUTO$PATHQ" "$TOKEN" $(nginx_pids nginx_auto)
 
 echo "== max throughput: $MAXCONNS connections for $MAXDURATION, $ROUNDS interleaved rounds (this machine is noisy; medians are compared)"
 maxrun() { # name url key pids...
@@ -169,7 +183,9 @@ for r in $(seq "$ROUNDS"); do
   maxrun direct_max_$r "https://127.0.0.1:$P_SIM$PATHQ" "$TOKEN" "$sim_pid"
   maxrun portcullis_max_$r "https://localhost:$P_PROXY$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis.pid")"
   maxrun portcullis_h1_max_$r "https://localhost:$P_PROXY_H1$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_h1.pid")"
+  maxrun portcullis_1t_max_$r "https://localhost:$P_PROXY_1T$PATHQ" "$CALLER_KEY" "$(cat "$work/portcullis_1t.pid")"
   maxrun nginx_max_$r "https://localhost:$P_NGINX$PATHQ" "$TOKEN" $(nginx_pids)
+  maxrun nginx_auto_max_$r "https://localhost:$P_NGINX_AUTO$PATHQ" "$TOKEN" $(nginx_pids nginx_auto)
 done
 
 echo "== resident memory of the proxy process with $IDLE idle keep-alive connections"
@@ -181,19 +197,26 @@ w, rounds = sys.argv[1], int(sys.argv[2])
 g = lambda n: json.load(open(f"{w}/{n}.json.s"))
 d = g("direct_fixed")
 print("== summary")
-for name, label in (("portcullis", "portcullis (h2 upstream)"), ("portcullis_h1", "portcullis (h1 upstream)"), ("nginx", "nginx")):
+for name, label in (("portcullis", "portcullis (h2 upstream)"), ("portcullis_h1", "portcullis (h1 upstream)"),
+                    ("portcullis_1t", "portcullis (one thread)"), ("nginx", "nginx (1 worker)"), ("nginx_auto", "nginx (auto workers)")):
     p = g(f"{name}_fixed")
     cpu = json.load(open(f"{w}/{name}_fixed.cpu"))["cpu_us"]
     print(f"added latency at {int(round(d['rps']))} req/s through {label:<25} p50 {(p['p50']-d['p50'])*1000:+.3f} ms, p99 {(p['p99']-d['p99'])*1000:+.3f} ms; CPU {cpu:.1f} µs/request")
 med = lambda n: statistics.median(g(f"{n}_max_{r}")["rps"] for r in range(1, rounds + 1))
-for n, label in (("portcullis", "h2 upstream"), ("portcullis_h1", "h1 upstream")):
-    ratios = [100 * g(f"{n}_max_{r}")["rps"] / g(f"nginx_max_{r}")["rps"] for r in range(1, rounds + 1)]
-    print(f"throughput vs nginx round by round, {label}: " + ", ".join(f"{x:.0f}%" for x in ratios)
-          + f" (min {min(ratios):.0f}%, median {statistics.median(ratios):.0f}%, max {max(ratios):.0f}%)")
-dm, pm, p1, nm = med("direct"), med("portcullis"), med("portcullis_h1"), med("nginx")
-print(f"max throughput (median of {rounds}): direct {dm:.0f}, nginx {nm:.0f}, "
-      f"portcullis h2 upstream {pm:.0f} ({100*pm/nm:.0f}% of nginx), h1 upstream {p1:.0f} ({100*p1/nm:.0f}% of nginx) req/s")
+# Each portcullis runtime against the nginx with as many workers (the
+# matched pairs), and the default runtime against one nginx worker too.
+for n, label, y, ylabel in (("portcullis", "all cores, h2 upstream", "nginx_auto", "nginx auto"),
+                            ("portcullis_1t", "one thread, h2 upstream", "nginx", "nginx 1 worker"),
+                            ("portcullis", "all cores, h2 upstream", "nginx", "nginx 1 worker"),
+                            ("portcullis_h1", "all cores, h1 upstream", "nginx", "nginx 1 worker")):
+    ratios = [100 * g(f"{n}_max_{r}")["rps"] / g(f"{y}_max_{r}")["rps"] for r in range(1, rounds + 1)]
+    print(f"throughput, portcullis {label} vs {ylabel}, round by round: " + ", ".join(f"{x:.0f}%" for x in ratios)
+          + f" (min {min(ratios):.0f}%, median {statistics.median(ratios):.0f}%, max {max(ratios):.0f}%; "
+          + f"ratio of medians {100 * med(n) / med(y):.0f}%)")
+print(f"max throughput (median of {rounds}): direct {med('direct'):.0f}, nginx 1 worker {med('nginx'):.0f}, nginx auto {med('nginx_auto'):.0f}, "
+      f"portcullis all cores {med('portcullis'):.0f}, one thread {med('portcullis_1t'):.0f}, h1 upstream {med('portcullis_h1'):.0f} req/s")
 cpu = lambda n: statistics.median(json.load(open(f"{w}/{n}_max_{r}.cpu"))["cpu_us"] for r in range(1, rounds + 1))
-print(f"CPU per request at saturation (median): simulator alone {cpu('direct'):.1f} µs, nginx {cpu('nginx'):.1f} µs, "
-      f"portcullis h2 upstream {cpu('portcullis'):.1f} µs, h1 upstream {cpu('portcullis_h1'):.1f} µs")
+print(f"CPU per request at saturation (median): simulator alone {cpu('direct'):.1f} µs, nginx 1 worker {cpu('nginx'):.1f} µs, "
+      f"nginx auto {cpu('nginx_auto'):.1f} µs, portcullis all cores {cpu('portcullis'):.1f} µs, one thread {cpu('portcullis_1t'):.1f} µs, "
+      f"h1 upstream {cpu('portcullis_h1'):.1f} µs")
 PY
