@@ -59,18 +59,11 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let now = time::OffsetDateTime::now_utc();
-        write!(
-            w,
-            "{{\"timestamp\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\",\"level\":\"{}\"",
-            now.year(),
-            now.month() as u8,
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            now.microsecond(),
-            event.metadata().level()
-        )?;
+        w.write_str("{\"timestamp\":\"")?;
+        w.write_str(&timestamp(&now))?;
+        w.write_str("\",\"level\":\"")?;
+        w.write_str(event.metadata().level().as_str())?;
+        w.write_char('"')?;
         if let Some(id) = super::current_request_id() {
             w.write_str(",\"request_id\":\"")?;
             Escape(&mut w).write_str(id.as_str())?;
@@ -145,13 +138,26 @@ impl<W: Write> Members<'_, W> {
 
 impl<W: Write> Visit for Members<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.quoted(field, format_args!("{value}"));
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|_| {
+                self.out.write_char('"')?;
+                Escape(&mut *self.out).write_str(value)?;
+                self.out.write_char('"')
+            });
+        }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.raw(field, format_args!("{value}"));
+        if self.result.is_ok() {
+            self.result = self
+                .key(field)
+                .and_then(|_| self.out.write_str(Digits::new(value, false).as_str()));
+        }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.raw(field, format_args!("{value}"));
+        if self.result.is_ok() {
+            let d = Digits::new(value.unsigned_abs(), value < 0);
+            self.result = self.key(field).and_then(|_| self.out.write_str(d.as_str()));
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.raw(field, format_args!("{value}"));
@@ -165,6 +171,68 @@ impl<W: Write> Visit for Members<'_, W> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.quoted(field, format_args!("{value:?}"));
+    }
+}
+
+/// An integer's decimal digits (with a sign), without the formatting
+/// machinery.
+struct Digits {
+    buf: [u8; 21],
+    start: usize,
+}
+
+impl Digits {
+    fn new(mut v: u64, negative: bool) -> Digits {
+        let mut buf = [0u8; 21];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if negative {
+            start -= 1;
+            buf[start] = b'-';
+        }
+        Digits { buf, start }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and '-' were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC, microseconds), written into
+/// a fixed buffer. Years outside 0–9999 (not a clock this runs under) are
+/// clamped.
+fn timestamp(t: &time::OffsetDateTime) -> TimestampText {
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, t.year().clamp(0, 9999) as u32);
+    put(5, 2, u8::from(t.month()) as u32);
+    put(8, 2, t.day() as u32);
+    put(11, 2, t.hour() as u32);
+    put(14, 2, t.minute() as u32);
+    put(17, 2, t.second() as u32);
+    put(20, 6, t.microsecond());
+    TimestampText(b)
+}
+
+struct TimestampText([u8; 27]);
+
+impl std::ops::Deref for TimestampText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
     }
 }
 
@@ -280,6 +348,35 @@ mod tests {
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["message"], "plain message with \"quotes\"");
         assert_eq!(lines[1]["level"], "WARN");
+    }
+
+    #[test]
+    fn digits_and_timestamps_match_the_formatter() {
+        for v in [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            assert_eq!(Digits::new(v, false).as_str(), v.to_string());
+        }
+        for v in [0i64, -1, -10, 42, i64::MIN, i64::MAX] {
+            assert_eq!(Digits::new(v.unsigned_abs(), v < 0).as_str(), v.to_string());
+        }
+        for (unix, nanos) in [
+            (0i64, 0u32),
+            (1_796_400_000, 600_787_123),
+            (253_402_300_799, 999_999_999),
+        ] {
+            let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap()
+                + time::Duration::nanoseconds(nanos as i64);
+            let expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            );
+            assert_eq!(&*timestamp(&t), expected);
+        }
     }
 
     #[test]
