@@ -729,8 +729,8 @@ impl Proxy {
             log.record(self.audit_record(ctx, method, Some(status), cancelled, "outcome"));
         }
         tracing::info!(
-            peer = %ctx.peer,
-            client_ip = %ctx.client_ip,
+            peer = crate::telemetry::AddrText::socket(ctx.peer).as_str(),
+            client_ip = crate::telemetry::AddrText::ip(ctx.client_ip).as_str(),
             method = %method,
             route = route_name,
             caller = ctx.caller.as_ref().map(|c| &*c.id).unwrap_or("-"),

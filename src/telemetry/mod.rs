@@ -104,3 +104,120 @@ pub fn init_to<W: std::io::Write + Send + 'static>(
     };
     installed.is_ok().then_some(guard)
 }
+
+/// An address as text on the stack, for log fields: IPv4 (the common case)
+/// is written digit by digit, IPv6 through its `Display`.
+pub struct AddrText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl AddrText {
+    /// `ip` alone.
+    pub fn ip(ip: std::net::IpAddr) -> AddrText {
+        let mut t = AddrText {
+            buf: [0; 64],
+            len: 0,
+        };
+        t.push_ip(ip);
+        t
+    }
+
+    /// `ip:port`, or `[ip]:port` for IPv6 (as `SocketAddr` displays it).
+    pub fn socket(addr: std::net::SocketAddr) -> AddrText {
+        let mut t = AddrText {
+            buf: [0; 64],
+            len: 0,
+        };
+        match addr {
+            std::net::SocketAddr::V4(a) => t.push_ip(std::net::IpAddr::V4(*a.ip())),
+            std::net::SocketAddr::V6(a) => {
+                t.push(b"[");
+                t.push_ip(std::net::IpAddr::V6(*a.ip()));
+                t.push(b"]");
+            }
+        }
+        t.push(b":");
+        t.push_num(u32::from(addr.port()));
+        t
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        let n = end - self.len;
+        self.buf[self.len..end].copy_from_slice(&bytes[..n]);
+        self.len = end;
+    }
+
+    fn push_num(&mut self, v: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut v = v;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
+    }
+
+    fn push_ip(&mut self, ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b".");
+                    }
+                    self.push_num(u32::from(o));
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::fmt::Write;
+                // At most 45 bytes ("ffff:…:255.255.255.255"): it fits.
+                let _ = write!(self, "{v6}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use super::AddrText;
+    use std::net::{IpAddr, SocketAddr};
+
+    #[test]
+    fn addresses_read_as_their_display() {
+        for s in [
+            "0.0.0.0:0",
+            "127.0.0.1:8443",
+            "255.255.255.255:65535",
+            "10.20.3.4:50001",
+            "[::1]:443",
+            "[2001:db8::8a2e:370:7334]:1",
+            "[::ffff:192.0.2.1]:80",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+        ] {
+            let a: SocketAddr = s.parse().unwrap();
+            assert_eq!(AddrText::socket(a).as_str(), a.to_string());
+            assert_eq!(AddrText::ip(a.ip()).as_str(), a.ip().to_string());
+        }
+        let ip: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        assert_eq!(AddrText::ip(ip).as_str(), ip.to_string());
+    }
+}
