@@ -140,7 +140,12 @@ impl UpstreamAuth {
     pub async fn header(&self) -> Result<HeaderValue, Reject> {
         match self {
             UpstreamAuth::Static(h) => Ok(HeaderValue::clone(&h.load())),
-            UpstreamAuth::Managed(m) => m.authorization().await,
+            UpstreamAuth::Managed(m) => match m.current() {
+                Some(h) => Ok(h),
+                // Boxed: the refresh (an HTTPS exchange) is rare, and inline
+                // its future would grow every request's future.
+                None => Box::pin(m.authorization()).await,
+            },
         }
     }
 

@@ -159,17 +159,22 @@ pub struct Proxy {
 
 impl Proxy {
     /// Handles one request end to end. Never fails: every error becomes a
-    /// response in the one JSON error shape.
-    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    /// response in the one JSON error shape. (Not an `async fn`, which would
+    /// hold the request and the whole handling future twice: the future of
+    /// every request is moved into a box, so its size is paid per request.)
+    pub fn handle<'a, B>(
+        &'a self,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + 'a,
         B::Error: Into<BoxError>,
     {
-        self.metrics.in_flight.inc();
         let ctx = RequestCtx::new(peer);
         // Every log line written while handling the request carries its id.
         let id = crate::telemetry::RequestId::new(&ctx.request_id);
-        crate::telemetry::with_request_id(id, self.handle_with(ctx, req)).await
+        crate::telemetry::with_request_id(id, self.handle_with(ctx, req))
     }
 
     async fn handle_with<B>(&self, ctx: RequestCtx, req: Request<B>) -> Response<ProxyBody>
@@ -177,6 +182,8 @@ impl Proxy {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
+        // Counted where the finisher below counts it down, on the first poll.
+        self.metrics.in_flight.inc();
         let mut done = Finisher {
             proxy: self,
             method: req.method().clone(),
@@ -234,7 +241,8 @@ impl Proxy {
             check_request_headers(&parts.headers)?;
             check_request_target(parts.version, &parts.uri, &parts.headers)?;
             ctx.endpoint = Some("oauth_token");
-            let resp = self.token_endpoint(ctx, &parts, body).await;
+            // Boxed: a rare path whose future would grow every request's.
+            let resp = Box::pin(self.token_endpoint(ctx, &parts, body)).await;
             if matches!(
                 ctx.rejected,
                 Some(Reject::TokenGrant("invalid_client" | "invalid_grant"))
@@ -813,7 +821,9 @@ impl Proxy {
         }
         let intent = self.audit_record(ctx, method, None, false, "intent");
         ctx.forwarding = true;
-        audit.durable(intent).await.map(|_| ()).map_err(|e| {
+        // Boxed: only orders wait here, and inline this future would grow
+        // every request's future.
+        Box::pin(audit.durable(intent)).await.map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "the intent record could not be written; order refused");
             Reject::AuditUnavailable
         })

@@ -54,9 +54,14 @@ tokio::task_local! {
 }
 
 /// Runs `f` with `id` as the request id of its log lines (also while `f` is
-/// dropped unfinished).
-pub async fn with_request_id<F: std::future::Future>(id: RequestId, f: F) -> F::Output {
-    REQUEST_ID.scope(id, f).await
+/// dropped unfinished). A plain function, not an `async fn`: an `async fn`
+/// would hold `f` twice in its state (as its argument and inside the scope),
+/// doubling the size of every request's future.
+pub fn with_request_id<F: std::future::Future>(
+    id: RequestId,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_ID.scope(id, f)
 }
 
 /// The request id of the running task, if it handles a request.
