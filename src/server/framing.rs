@@ -302,10 +302,11 @@ fn head_end(held: &[u8], bytes: &[u8]) -> Option<usize> {
     let blank = |b: u8| b == b'\r' || b == b'\n';
     // A head that is only blank lines so far ends at its first newline.
     let only_blank = held.iter().all(|b| blank(*b));
-    for i in keep..keep + bytes.len() {
-        if at(i) != b'\n' {
-            continue;
-        }
+    // Only newlines can end a head: jump from one to the next.
+    let mut from = 0;
+    while let Some(off) = bytes[from..].iter().position(|b| *b == b'\n') {
+        let i = keep + from + off;
+        from += off + 1;
         let blank_line =
             (i >= 1 && at(i - 1) == b'\n') || (i >= 2 && at(i - 1) == b'\r' && at(i - 2) == b'\n');
         let all_blank_so_far = only_blank && (keep..i).all(|j| blank(at(j)));

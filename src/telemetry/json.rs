@@ -236,6 +236,22 @@ impl std::ops::Deref for TimestampText {
     }
 }
 
+/// Bytes that may need escaping: ASCII control characters, `"`, `\\`, DEL,
+/// and 0xE2 (the lead byte of U+2028 and U+2029).
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t[0xe2] = true;
+    t
+};
+
 /// Escapes what passes through it for a JSON string.
 struct Escape<'a, W: Write>(&'a mut W);
 
@@ -248,6 +264,11 @@ impl<W: Write> Write for Escape<'_, W> {
         let mut start = 0;
         let mut i = 0;
         while i < bytes.len() {
+            // The common case: a run of bytes that need nothing.
+            if !SPECIAL[bytes[i] as usize] {
+                i += 1;
+                continue;
+            }
             let (esc, len) = match bytes[i] {
                 b'"' => (Some("\\\""), 1),
                 b'\\' => (Some("\\\\"), 1),
