@@ -61,7 +61,7 @@ admin: { address: 127.0.0.1:29500 }
 upstream: { base_url: "https://127.0.0.1:28444", extra_ca_file: $work/sim/ca.pem, access_token: "file:$work/sim/access-token", http2: ${HTTP2:-true} }
 callers: [ { id: load, role: Viewer, key_hashes: ["$CALLER_HASH"] } ]
 runtime: { worker_threads: ${WORKERS:-0} }
-logging: { format: json, level: info }
+logging: { format: json, level: ${LOG_LEVEL:-info} }
 rate_limits: { per_ip: null, auth_failures: null, per_caller: null, groups: {}, per_account_orders: null, upstream: null }
 limits: { max_connections_per_ip: 100000 }
 YAML
