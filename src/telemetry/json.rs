@@ -11,6 +11,7 @@
 
 use std::fmt::{self, Write};
 
+use super::Digits;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -171,38 +172,6 @@ impl<W: Write> Visit for Members<'_, W> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.quoted(field, format_args!("{value:?}"));
-    }
-}
-
-/// An integer's decimal digits (with a sign), without the formatting
-/// machinery.
-struct Digits {
-    buf: [u8; 21],
-    start: usize,
-}
-
-impl Digits {
-    fn new(mut v: u64, negative: bool) -> Digits {
-        let mut buf = [0u8; 21];
-        let mut start = buf.len();
-        loop {
-            start -= 1;
-            buf[start] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        if negative {
-            start -= 1;
-            buf[start] = b'-';
-        }
-        Digits { buf, start }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII digits and '-' were written.
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
     }
 }
 

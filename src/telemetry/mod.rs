@@ -110,6 +110,38 @@ pub fn init_to<W: std::io::Write + Send + 'static>(
     installed.is_ok().then_some(guard)
 }
 
+/// An integer's decimal digits (with a sign), without the formatting
+/// machinery.
+pub(crate) struct Digits {
+    buf: [u8; 21],
+    start: usize,
+}
+
+impl Digits {
+    pub(crate) fn new(mut v: u64, negative: bool) -> Digits {
+        let mut buf = [0u8; 21];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if negative {
+            start -= 1;
+            buf[start] = b'-';
+        }
+        Digits { buf, start }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII digits and '-' were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
 /// An address as text on the stack, for log fields: IPv4 (the common case)
 /// is written digit by digit, IPv6 through its `Display`.
 pub struct AddrText {
@@ -159,18 +191,7 @@ impl AddrText {
     }
 
     fn push_num(&mut self, v: u32) {
-        let mut digits = [0u8; 10];
-        let mut at = digits.len();
-        let mut v = v;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[at..]);
+        self.push(Digits::new(u64::from(v), false).as_str().as_bytes());
     }
 
     fn push_ip(&mut self, ip: std::net::IpAddr) {
