@@ -1059,6 +1059,37 @@ pub fn check_request_target(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+
+    /// The future of every request is moved into a box: it must hold the
+    /// handling once. (As `async fn`s, `handle` and `with_request_id` each
+    /// kept a second copy of the inner future: 9.5 instead of 3.7 KB.)
+    #[test]
+    fn a_request_future_holds_its_handling_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "upstream-token").unwrap();
+        let yaml = format!(
+            "listen:\n  - address: 127.0.0.1:0\nupstream:\n  base_url: https://127.0.0.1:9\n  access_token: file:{}\n",
+            token.display()
+        );
+        let cfg =
+            crate::config::Config::from_yaml(&yaml, "t", crate::config::Mode::Normal).unwrap();
+        let proxy = crate::prepare(&cfg).unwrap().proxy;
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let req = || Request::new(Full::new(Bytes::new()));
+        let whole = std::mem::size_of_val(&proxy.handle(req(), peer));
+        let inner = std::mem::size_of_val(&proxy.handle_with(super::RequestCtx::new(peer), req()));
+        assert!(
+            whole < inner + 512,
+            "the request future is {whole} bytes for {inner} of handling"
+        );
+    }
+
     #[test]
     fn request_ids_are_distinct_hex() {
         let ids: std::collections::HashSet<String> =
