@@ -461,6 +461,50 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     assert_eq!(r.json()["error"], "upstream_timeout");
 }
 
+/// The broker drops its connection (a deploy, an idle timeout): the request
+/// on it is answered 502 and is not sent again on its own (an order must
+/// never reach the broker twice), and the next request gets a new
+/// connection. Run on both upstream protocols.
+#[tokio::test]
+async fn a_dropped_upstream_connection_is_replaced_and_nothing_is_resent() {
+    for http2 in [true, false] {
+        let h = Harness::start_with(
+            SimOptions {
+                reset_every: Some(3),
+                ..SimOptions::default()
+            },
+            |c| c.upstream.http2 = http2,
+        )
+        .await;
+        let mut statuses = Vec::new();
+        for _ in 0..9 {
+            let r = h
+                .send(
+                    "GET",
+                    "/marketdata/v1/quotes?symbols=AAPL",
+                    Some(VIEWER),
+                    None,
+                )
+                .await;
+            statuses.push(r.status);
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 502, 200, 200, 502, 200, 200, 502],
+            "http2: {http2}"
+        );
+        let sent = h
+            .journal()
+            .iter()
+            .filter(|e| e.path.starts_with("/marketdata/v1/quotes"))
+            .count();
+        assert_eq!(
+            sent, 9,
+            "each request reached the broker once (http2: {http2})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn upstream_errors_and_429_pass_through() {
     let h = Harness::start_with(
