@@ -378,13 +378,12 @@ pub fn main() -> ExitCode {
             };
             let _log = telemetry::init(cfg.logging.format, &cfg.logging.level);
             runtime_with(cfg.runtime.worker_threads, async move {
-                let m = tokio::runtime::Handle::current().metrics();
+                let rt = tokio::runtime::Handle::current();
                 tracing::info!(
-                    worker_threads = m.num_workers(),
-                    scheduler = if cfg.runtime.worker_threads == 1 {
-                        "current_thread"
-                    } else {
-                        "multi_thread"
+                    worker_threads = rt.metrics().num_workers(),
+                    scheduler = match rt.runtime_flavor() {
+                        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+                        _ => "multi_thread",
                     },
                     "runtime"
                 );

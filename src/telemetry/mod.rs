@@ -152,20 +152,14 @@ pub struct AddrText {
 impl AddrText {
     /// `ip` alone.
     pub fn ip(ip: std::net::IpAddr) -> AddrText {
-        let mut t = AddrText {
-            buf: [0; 64],
-            len: 0,
-        };
+        let mut t = AddrText::empty();
         t.push_ip(ip);
         t
     }
 
     /// `ip:port`, or `[ip]:port` for IPv6 (as `SocketAddr` displays it).
     pub fn socket(addr: std::net::SocketAddr) -> AddrText {
-        let mut t = AddrText {
-            buf: [0; 64],
-            len: 0,
-        };
+        let mut t = AddrText::empty();
         match addr {
             std::net::SocketAddr::V4(a) => t.push_ip(std::net::IpAddr::V4(*a.ip())),
             std::net::SocketAddr::V6(a) => {
@@ -181,6 +175,13 @@ impl AddrText {
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn empty() -> AddrText {
+        AddrText {
+            buf: [0; 64],
+            len: 0,
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) {
