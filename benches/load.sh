@@ -17,6 +17,7 @@ MAXCONNS=${MAXCONNS:-64}
 MAXDURATION=${MAXDURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-1000}
+SIM_THREADS=${SIM_THREADS:-0}
 P_PROXY=18443 P_SIM=18444 P_ADMIN=19464 P_NGINX=18445 P_PROXY_H1=18446 P_ADMIN_H1=19465
 P_PROXY_1T=18447 P_ADMIN_1T=19466 P_NGINX_AUTO=18448
 
@@ -36,7 +37,7 @@ trap cleanup EXIT
 # The simulator and the proxy run as separate processes (as nginx does), so
 # each is measured on its own. Request logs go to files, as in production
 # (nginx keeps its access log too).
-target/release/portcullis sim --dir "$work/sim" --listen 127.0.0.1:$P_SIM >"$work/sim.out" 2>"$work/sim.log" &
+target/release/portcullis sim --worker-threads "$SIM_THREADS" --dir "$work/sim" --listen 127.0.0.1:$P_SIM >"$work/sim.out" 2>"$work/sim.log" &
 sim_pid=$!
 for _ in $(seq 100); do [ -s "$work/sim/access-token" ] && break; sleep 0.1; done
 [ -s "$work/sim/access-token" ] || { echo "simulator did not start" >&2; cat "$work/sim.log" >&2; exit 1; }
@@ -133,11 +134,13 @@ cpu_ns() {
 nginx_pids() { local m; m=$(cat "$work/${1:-nginx}.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 cpu_per_request() { # name pids... ; runs the fixed-rate phase and reports CPU µs/request
   local name=$1; shift
-  local before after
+  local before after sim_before sim_after
   before=$(cpu_ns "$@")
+  sim_before=$(cpu_ns "$sim_pid")
   run "$name" "${FIXED_ARGS[@]}"
   after=$(cpu_ns "$@")
-  python3 -c "import json,sys; d=json.load(open('$work/$name.json')); n=sum(d.get('statusCodeDistribution',{}).values()); print(f'    CPU per request: {($after-$before)/1000/max(n,1):.1f} µs'); json.dump({'cpu_us': ($after-$before)/1000/max(n,1)}, open('$work/$name.cpu','w'))"
+  sim_after=$(cpu_ns "$sim_pid")
+  python3 -c "import json,sys; d=json.load(open('$work/$name.json')); n=max(sum(d.get('statusCodeDistribution',{}).values()),1); c=($after-$before)/1000/n; s=($sim_after-$sim_before)/1000/n; print(f'    CPU per request: {c:.1f} µs (simulator: {s:.1f} µs)'); json.dump({'cpu_us': c, 'sim_us': s}, open('$work/$name.cpu','w'))"
 }
 
 run() { # name url key extra-args...
@@ -219,4 +222,8 @@ cpu = lambda n: statistics.median(json.load(open(f"{w}/{n}_max_{r}.cpu"))["cpu_u
 print(f"CPU per request at saturation (median): simulator alone {cpu('direct'):.1f} µs, nginx 1 worker {cpu('nginx'):.1f} µs, "
       f"nginx auto {cpu('nginx_auto'):.1f} µs, portcullis all cores {cpu('portcullis'):.1f} µs, one thread {cpu('portcullis_1t'):.1f} µs, "
       f"h1 upstream {cpu('portcullis_h1'):.1f} µs")
+sim = lambda n: statistics.median(json.load(open(f"{w}/{n}_max_{r}.cpu"))["sim_us"] for r in range(1, rounds + 1))
+print(f"simulator CPU per request at saturation (median), called directly {sim('direct'):.1f} µs, behind nginx 1 worker {sim('nginx'):.1f} µs, "
+      f"nginx auto {sim('nginx_auto'):.1f} µs, portcullis all cores {sim('portcullis'):.1f} µs, one thread {sim('portcullis_1t'):.1f} µs, "
+      f"h1 upstream {sim('portcullis_h1'):.1f} µs")
 PY

@@ -324,6 +324,13 @@ pub struct SimArgs {
     /// Reset the connection of every Nth API request.
     #[arg(long)]
     reset_every: Option<u64>,
+    /// Runtime threads, as `runtime.worker_threads` for the proxy: 0 is one
+    /// worker per core, 1 serves everything from one thread.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    worker_threads: u16,
+    /// Offer only HTTP/1.1 by ALPN, as a broker without HTTP/2 would.
+    #[arg(long)]
+    http1_only: bool,
 }
 
 /// Entry point for `main`.
@@ -418,7 +425,7 @@ pub fn main() -> ExitCode {
         }
         Command::Sim(args) => {
             let _log = telemetry::init(crate::config::LogFormat::Human, "info");
-            runtime(run_sim(args))
+            runtime_with(usize::from(args.worker_threads), run_sim(args))
         }
     }
 }
@@ -912,7 +919,10 @@ async fn wait_signal() {
 
 async fn run_sim(args: SimArgs) -> Result<(), StartError> {
     let ca = demo::prepare_dir(&args.dir)?;
-    let tls = demo::write_pki(&args.dir, &ca, "sim", crate::certs::SIM_NAMES)?;
+    let mut tls = demo::write_pki(&args.dir, &ca, "sim", crate::certs::SIM_NAMES)?;
+    if args.http1_only {
+        tls = server::tls::http1_only(&tls);
+    }
     let listener = crate::bind_addr(args.listen).await?;
     let addr = listener
         .local_addr()
@@ -926,6 +936,7 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
         latency: args.latency.0,
         fail_every: args.fail_every,
         reset_every: args.reset_every,
+        http1_only: args.http1_only,
         streamer_url: format!("wss://{addr}/ws"),
         ..SimOptions::default()
     });
@@ -956,7 +967,14 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
         metrics: None,
         per_ip_exempt: Vec::new(),
     };
-    server::serve(listener, Some(tls), sim.handler(), opts, shutdown).await;
+    server::serve(
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        sim.handler(),
+        opts,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

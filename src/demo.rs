@@ -62,7 +62,7 @@ pub fn write_pki(
     ca: &DevCa,
     prefix: &str,
     names: &[&str],
-) -> Result<TlsAcceptor, StartError> {
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let load = |e: String| StartError::Load(e);
     let leaf = ca
         .leaf(names)
@@ -73,9 +73,7 @@ pub fn write_pki(
         .map_err(|e| load(format!("{}: {e}", cert.display())))?;
     write_private(&key, leaf.key_pem.as_bytes())
         .map_err(|e| load(format!("{}: {e}", key.display())))?;
-    let cfg =
-        server::tls::server_config_from_files(&cert, &key).map_err(|e| load(e.to_string()))?;
-    Ok(TlsAcceptor::from(cfg))
+    server::tls::server_config_from_files(&cert, &key).map_err(|e| load(e.to_string()))
 }
 
 pub fn prepare_dir(dir: &Path) -> Result<DevCa, StartError> {
@@ -176,7 +174,10 @@ pub async fn start_with(
     shutdown: Shutdown,
 ) -> Result<(DemoHandle, tokio::task::JoinHandle<Result<(), StartError>>), StartError> {
     let ca = prepare_dir(&opts.dir)?;
-    let sim_tls = write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?;
+    let mut sim_tls = write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?;
+    if sim_options.http1_only {
+        sim_tls = server::tls::http1_only(&sim_tls);
+    }
     write_pki(&opts.dir, &ca, "proxy", PROXY_NAMES)?;
 
     let sim_listener = crate::bind_addr(opts.sim).await?;
@@ -238,15 +239,22 @@ pub async fn start_with(
     // The login talks to the simulator whatever a test does to the upstream.
     let login_cfg = cfg.clone();
     customize(&mut cfg);
+    let mut sim_limits = cfg.limits.clone();
+    if let Some(t) = sim.options().idle_timeout {
+        sim_limits.idle_timeout = crate::config::Dur(t);
+    }
+    if let Some(n) = sim.options().h2_max_concurrent_streams {
+        sim_limits.h2_max_concurrent_streams = n;
+    }
     let sim_opts = ServeOptions {
         kind: "sim",
-        limits: cfg.limits.clone(),
+        limits: sim_limits,
         metrics: None,
         per_ip_exempt: Vec::new(),
     };
     tokio::spawn(server::serve(
         sim_listener,
-        Some(sim_tls),
+        Some(TlsAcceptor::from(sim_tls)),
         sim.handler(),
         sim_opts,
         shutdown.clone(),

@@ -31,8 +31,9 @@ use crate::pipeline::body::ProxyBody;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A request handler: the proxy pipeline, the simulator or the admin routes.
-/// Returning `Err` aborts the connection without a response (the simulator
-/// uses this to inject connection resets).
+/// Returning `Err` aborts the connection without a response: every request
+/// on it, HTTP/2 streams included, loses its connection (the simulator uses
+/// this to inject connection resets).
 pub type Handler = Arc<
     dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Result<Response<ProxyBody>, AbortConnection>>
         + Send
@@ -268,6 +269,8 @@ struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Notified when the handler returns [`AbortConnection`].
+    abort: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -315,6 +318,7 @@ async fn serve_io<I>(
         born: Instant::now(),
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(0),
+        abort: tokio::sync::Notify::new(),
     });
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -329,6 +333,11 @@ async fn serve_io<I>(
         let busy = Busy::new(act.clone());
         async move {
             let r = fut.await;
+            if r.is_err() {
+                // hyper would reset only this stream of an HTTP/2
+                // connection; `drive` drops the whole connection.
+                busy.0.abort.notify_one();
+            }
             drop(busy);
             r
         }
@@ -403,6 +412,10 @@ async fn drive(
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                return;
+            }
+            _ = activity.abort.notified() => {
+                tracing::debug!("connection aborted by the handler");
                 return;
             }
             _ = &mut hard_stop, if closing => {

@@ -95,6 +95,14 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// `cfg` offering only HTTP/1.1 by ALPN (the simulator standing in for a
+/// broker without HTTP/2).
+pub fn http1_only(cfg: &ServerConfig) -> Arc<ServerConfig> {
+    let mut c = cfg.clone();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
 pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     server_config(load_certs(cert)?, load_key(key)?)
 }

@@ -46,6 +46,14 @@ pub struct SimOptions {
     pub journal_capacity: usize,
     /// Advertised in userPreference.streamerInfo.
     pub streamer_url: String,
+    /// Connections idle this long are closed gracefully (HTTP/2: GOAWAY);
+    /// `None`: the listener's `limits.idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 streams a connection may have open at once; `None`: the
+    /// listener's `limits.h2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// Offer only HTTP/1.1 by ALPN, as a broker without HTTP/2 would.
+    pub http1_only: bool,
 }
 
 impl Default for SimOptions {
@@ -61,6 +69,9 @@ impl Default for SimOptions {
             reset_every: None,
             journal_capacity: 10_000,
             streamer_url: "wss://127.0.0.1:8444/ws".into(),
+            idle_timeout: None,
+            h2_max_concurrent_streams: None,
+            http1_only: false,
         }
     }
 }
