@@ -157,12 +157,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         certs.push(Some(cert));
     }
 
-    let upstream =
-        Upstream::new(&config.upstream).map_err(|e| StartError::Load(format!("upstream: {e}")))?;
     let metrics = Arc::new(
         admin::metrics::Metrics::new()
             .map_err(|e| StartError::Internal(format!("metrics: {e}")))?,
     );
+    let upstream = Upstream::new(&config.upstream, Some(metrics.upstream_connects.clone()))
+        .map_err(|e| StartError::Load(format!("upstream: {e}")))?;
     let upstream_auth = credentials::upstream_auth_from_config(config, Some(metrics.clone()))
         .map_err(StartError::Load)?;
     let engine = load_policies(policy::source_from_config(config), config, &routes)?;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub policy_denials: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub upstream_responses: IntCounterVec,
+    pub upstream_connects: IntCounterVec,
     pub trading_halted: IntGauge,
     pub rate_limited: IntCounterVec,
     pub rate_limit_keys: IntGaugeVec,
@@ -206,6 +207,13 @@ impl Metrics {
             ),
             &["status"],
         )?;
+        let upstream_connects = IntCounterVec::new(
+            Opts::new(
+                "upstream_connects_total",
+                "HTTP/2 connections dialed to the broker, by outcome: h2, http1 (the broker chose HTTP/1.1; the HTTP/1.1 pool serves from then on), failed",
+            ),
+            &["outcome"],
+        )?;
         let trading_halted = IntGauge::new(
             "trading_halted",
             "1 while the kill switch is engaged (orders refused), else 0",
@@ -259,6 +267,7 @@ impl Metrics {
             Box::new(policy_denials.clone()),
             Box::new(auth_failures.clone()),
             Box::new(upstream_responses.clone()),
+            Box::new(upstream_connects.clone()),
             Box::new(trading_halted.clone()),
             Box::new(rate_limited.clone()),
             Box::new(rate_limit_keys.clone()),
@@ -294,6 +303,7 @@ impl Metrics {
             policy_denials,
             auth_failures,
             upstream_responses,
+            upstream_connects,
             trading_halted,
             rate_limited,
             rate_limit_keys,

@@ -505,6 +505,144 @@ async fn a_dropped_upstream_connection_is_replaced_and_nothing_is_resent() {
     }
 }
 
+/// Quotes sent one after another with `pause` between them; their statuses.
+async fn quotes_with_pauses(h: &Harness, n: usize, pause: Duration) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        let r = h
+            .send(
+                "GET",
+                "/marketdata/v1/quotes?symbols=AAPL",
+                Some(VIEWER),
+                None,
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    statuses
+}
+
+fn quotes_journaled(h: &Harness) -> usize {
+    h.journal()
+        .iter()
+        .filter(|e| e.path.starts_with("/marketdata/v1/quotes"))
+        .count()
+}
+
+async fn upstream_connects(h: &Harness, outcome: &str) -> f64 {
+    let m = h.admin_get("/metrics").await.text();
+    metric(
+        &m,
+        &format!("portcullis_upstream_connects_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_broker_closing_idle_connections_gracefully_costs_no_request() {
+    // The simulator sends GOAWAY on every connection idle for 150 ms; the
+    // requests come 500 ms apart, so each finds its connection closed.
+    for http2 in [true, false] {
+        let h = Harness::start_with(
+            SimOptions {
+                idle_timeout: Some(Duration::from_millis(150)),
+                ..SimOptions::default()
+            },
+            |c| c.upstream.http2 = http2,
+        )
+        .await;
+        let statuses = quotes_with_pauses(&h, 5, Duration::from_millis(500)).await;
+        assert_eq!(statuses, [200; 5], "http2: {http2}");
+        assert_eq!(
+            quotes_journaled(&h),
+            5,
+            "each reached the broker once (http2: {http2})"
+        );
+        let expected = if http2 { 5.0 } else { 0.0 };
+        assert_eq!(
+            upstream_connects(&h, "h2").await,
+            expected,
+            "a new connection per request (http2: {http2})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_dying_connection_never_took_is_sent_on_a_new_one() {
+    // One upstream connection; the simulator opens one stream at a time,
+    // answers after 500 ms, and resets the connection of its 2nd request.
+    let h = Harness::start_with(
+        SimOptions {
+            h2_max_concurrent_streams: Some(1),
+            latency: Duration::from_millis(500),
+            reset_every: Some(2),
+            ..SimOptions::default()
+        },
+        |c| c.upstream.http2_connections = 1,
+    )
+    .await;
+    assert_eq!(quotes_with_pauses(&h, 1, Duration::ZERO).await, [200]);
+    // Three at once: one takes the only stream and is reset with its
+    // connection (502); one waits inside the HTTP/2 connection for a
+    // stream and fails with it (502: it may not be sent twice, and
+    // nothing proves it was not); the third is still queued for the
+    // connection, comes back unsent and goes on a new connection (200).
+    let q = "/marketdata/v1/quotes?symbols=AAPL";
+    let (a, b, c) = tokio::join!(
+        h.send("GET", q, Some(VIEWER), None),
+        h.send("GET", q, Some(VIEWER), None),
+        h.send("GET", q, Some(VIEWER), None),
+    );
+    let mut statuses = [a.status, b.status, c.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 502, 502]);
+    // The first, the reset one and the resent one: none arrived twice.
+    assert_eq!(quotes_journaled(&h), 3);
+    assert_eq!(upstream_connects(&h, "h2").await, 2.0);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_given_up_after_the_pool_idle_timeout() {
+    let h = Harness::start_with(SimOptions::default(), |c| {
+        c.upstream.http2_connections = 1;
+        c.upstream.pool_idle_timeout.0 = Duration::from_millis(300);
+    })
+    .await;
+    // Back to back: one connection carries both.
+    assert_eq!(quotes_with_pauses(&h, 2, Duration::ZERO).await, [200, 200]);
+    assert_eq!(upstream_connects(&h, "h2").await, 1.0);
+    // Idle for longer than the timeout: the next request dials again.
+    assert_eq!(
+        quotes_with_pauses(&h, 1, Duration::ZERO).await,
+        [200],
+        "still served"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(quotes_with_pauses(&h, 1, Duration::ZERO).await, [200]);
+    assert_eq!(upstream_connects(&h, "h2").await, 2.0);
+    assert_eq!(quotes_journaled(&h), 4);
+}
+
+#[tokio::test]
+async fn a_broker_without_http2_is_served_over_http1() {
+    let h = Harness::start_with(
+        SimOptions {
+            http1_only: true,
+            ..SimOptions::default()
+        },
+        |c| c.upstream.http2 = true,
+    )
+    .await;
+    let statuses = quotes_with_pauses(&h, 4, Duration::ZERO).await;
+    assert_eq!(statuses, [200; 4]);
+    assert_eq!(quotes_journaled(&h), 4, "each reached the broker once");
+    // One dial found HTTP/1.1; the HTTP/1.1 pool served from then on.
+    assert_eq!(upstream_connects(&h, "http1").await, 1.0);
+    assert_eq!(upstream_connects(&h, "h2").await, 0.0);
+}
+
 #[tokio::test]
 async fn upstream_errors_and_429_pass_through() {
     let h = Harness::start_with(
