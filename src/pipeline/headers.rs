@@ -122,6 +122,15 @@ fn never_indexed(mut v: HeaderValue) -> HeaderValue {
 
 /// Cleans an upstream response's headers in place.
 pub fn clean_response_headers(h: &mut HeaderMap) {
+    // Most responses carry none of these: one pass over the names decides.
+    // (`Connection` is hop-by-hop, so the names it lists are looked at only
+    // when it is present.)
+    if !h
+        .keys()
+        .any(|n| n == header::SERVER || HOP_BY_HOP.contains(&n.as_str()))
+    {
+        return;
+    }
     for n in connection_named(h) {
         h.remove(n);
     }

@@ -998,17 +998,22 @@ pub fn check_request_headers(h: &http::HeaderMap) -> Result<(), Reject> {
             return bad(BadRequest::DuplicateHeader);
         }
     }
-    if headers::METHOD_OVERRIDE.iter().any(|n| h.contains_key(*n)) {
-        return bad(BadRequest::MethodOverride);
-    }
     // Two framings: which one a server believes is how requests are
     // smuggled past proxies. hyper would take the chunked one; refuse both.
     if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
         return bad(BadRequest::Framing);
     }
-    // `X_Forwarded_For` is `X-Forwarded-For` to some stacks.
-    if h.keys().any(|n| n.as_str().contains('_')) {
-        return bad(BadRequest::InvalidHeader);
+    // One pass over the names (a lookup per name to check would parse and
+    // hash each one).
+    for n in h.keys() {
+        let n = n.as_str();
+        if headers::METHOD_OVERRIDE.contains(&n) {
+            return bad(BadRequest::MethodOverride);
+        }
+        // `X_Forwarded_For` is `X-Forwarded-For` to some stacks.
+        if n.contains('_') {
+            return bad(BadRequest::InvalidHeader);
+        }
     }
     // `Connection: Authorization` asks each hop to drop a header the
     // request depends on (its credential, framing, signature or origin);
