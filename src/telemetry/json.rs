@@ -59,32 +59,59 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let now = time::OffsetDateTime::now_utc();
-        w.write_str("{\"timestamp\":\"")?;
-        w.write_str(&timestamp(&now))?;
-        w.write_str("\",\"level\":\"")?;
-        w.write_str(event.metadata().level().as_str())?;
-        w.write_char('"')?;
-        if let Some(id) = super::current_request_id() {
-            w.write_str(",\"request_id\":\"")?;
-            Escape(&mut w).write_str(id.as_str())?;
-            w.write_char('"')?;
-        }
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
-                    w.write_str(fields)?;
+        // The line is built in a reused buffer of this thread and handed
+        // over in one piece: the writer tracing gives is a `dyn Write`, and
+        // a line is some 80 small writes.
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                let r = write_line(ctx, &mut *line, event).and_then(|()| w.write_str(&line));
+                if line.capacity() > 64 * 1024 {
+                    *line = String::new();
                 }
+                r
+            }
+            // An event recorded while this thread formats another.
+            Err(_) => write_line(ctx, &mut w, event),
+        })
+    }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn write_line<S, N, W>(ctx: &FmtContext<'_, S, N>, w: &mut W, event: &Event<'_>) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    W: Write,
+{
+    let now = time::OffsetDateTime::now_utc();
+    w.write_str("{\"timestamp\":\"")?;
+    w.write_str(&timestamp(&now))?;
+    w.write_str("\",\"level\":\"")?;
+    w.write_str(event.metadata().level().as_str())?;
+    w.write_char('"')?;
+    if let Some(id) = super::current_request_id() {
+        w.write_str(",\"request_id\":\"")?;
+        Escape(&mut *w).write_str(id.as_str())?;
+        w.write_char('"')?;
+    }
+    if let Some(scope) = ctx.event_scope() {
+        for span in scope.from_root() {
+            if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                w.write_str(fields)?;
             }
         }
-        let mut v = Members {
-            out: &mut w,
-            result: Ok(()),
-        };
-        event.record(&mut v);
-        v.result?;
-        w.write_str("}\n")
     }
+    let mut v = Members {
+        out: &mut *w,
+        result: Ok(()),
+    };
+    event.record(&mut v);
+    v.result?;
+    w.write_str("}\n")
 }
 
 /// tracing-subscriber's human format, with the request id (if any) first.
