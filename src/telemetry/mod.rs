@@ -138,7 +138,11 @@ impl Digits {
 
     pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and '-' were written.
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 }
 
@@ -192,7 +196,8 @@ impl AddrText {
     }
 
     fn push_num(&mut self, v: u32) {
-        self.push(Digits::new(u64::from(v), false).as_str().as_bytes());
+        let d = Digits::new(u64::from(v), false);
+        self.push(d.as_bytes());
     }
 
     fn push_ip(&mut self, ip: std::net::IpAddr) {
