@@ -253,6 +253,13 @@ pub struct UpstreamConfig {
     /// work over the worker threads.
     #[serde(default = "default_http2_connections")]
     pub http2_connections: usize,
+    /// An HTTP/2 PING on each upstream connection this often; `null`: none.
+    #[serde(default = "d10s_some")]
+    pub keep_alive_interval: Option<Dur>,
+    /// A connection whose PING is not answered within this is closed (and
+    /// the next request dials a new one).
+    #[serde(default = "d5s")]
+    pub keep_alive_timeout: Dur,
     /// Lets a development or staging configuration use the live Schwab API
     /// (`api.schwabapi.com`). Off: such a configuration refuses to start.
     #[serde(default)]
@@ -1023,6 +1030,9 @@ fn d5m() -> Dur {
 fn d5s() -> Dur {
     Dur(Duration::from_secs(5))
 }
+fn d10s_some() -> Option<Dur> {
+    Some(d10s())
+}
 fn d10s() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -1279,6 +1289,15 @@ impl Config {
             issue(
                 "runtime.worker_threads".into(),
                 format!("must be between 0 (one per CPU core) and {MAX_WORKER_THREADS}"),
+            );
+        }
+        if u.keep_alive_interval.is_some_and(|d| d.0.is_zero()) || u.keep_alive_timeout.0.is_zero()
+        {
+            issue(
+                "upstream".into(),
+                "keep_alive_interval and keep_alive_timeout must be above zero \
+                 (keep_alive_interval: null turns the PINGs off)"
+                    .into(),
             );
         }
         if !(1..=16).contains(&u.http2_connections) {
@@ -1820,6 +1839,24 @@ mod tests {
         let text = format!("{MIN}  http2_connections: 4\n");
         let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
         assert_eq!(c.upstream.http2_connections, 4);
+    }
+
+    #[test]
+    fn upstream_keep_alive_defaults_and_bounds() {
+        let c = Config::from_yaml(MIN, "t", Mode::Normal).unwrap();
+        assert_eq!(
+            c.upstream.keep_alive_interval,
+            Some(Dur(Duration::from_secs(10)))
+        );
+        assert_eq!(c.upstream.keep_alive_timeout, Dur(Duration::from_secs(5)));
+        for bad in ["keep_alive_interval: 0s", "keep_alive_timeout: 0s"] {
+            let text = format!("{MIN}  {bad}\n");
+            let e = Config::from_yaml(&text, "t", Mode::Normal).unwrap_err();
+            assert!(e.to_string().contains("keep_alive"), "{e}");
+        }
+        let text = format!("{MIN}  keep_alive_interval: null\n");
+        let c = Config::from_yaml(&text, "t", Mode::Normal).unwrap();
+        assert_eq!(c.upstream.keep_alive_interval, None);
     }
 
     #[test]

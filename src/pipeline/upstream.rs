@@ -101,6 +101,9 @@ impl Upstream {
             tls: tokio_rustls::TlsConnector::from(Arc::new(h2_tls)),
             connect_timeout: cfg.connect_timeout.0,
             idle_timeout: cfg.pool_idle_timeout.0,
+            keep_alive: cfg
+                .keep_alive_interval
+                .map(|i| (i.0, cfg.keep_alive_timeout.0)),
             connects,
         };
         Ok(Upstream {
@@ -280,6 +283,10 @@ struct Dialer {
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// PING interval and timeout: a connection that stops answering (a
+    /// broker gone without closing it, a NAT that forgot it) is closed
+    /// instead of holding every request of its lane until it times out.
+    keep_alive: Option<(Duration, Duration)>,
     connects: Option<IntCounterVec>,
 }
 
@@ -338,11 +345,14 @@ impl Dialer {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Ok(None);
         }
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(Failure::H2)?;
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        if let Some((interval, timeout)) = self.keep_alive {
+            b.keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = b.handshake(TokioIo::new(tls)).await.map_err(Failure::H2)?;
         Ok(Some((sender, conn)))
     }
 }

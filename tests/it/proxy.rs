@@ -476,30 +476,14 @@ async fn a_dropped_upstream_connection_is_replaced_and_nothing_is_resent() {
             |c| c.upstream.http2 = http2,
         )
         .await;
-        let mut statuses = Vec::new();
-        for _ in 0..9 {
-            let r = h
-                .send(
-                    "GET",
-                    "/marketdata/v1/quotes?symbols=AAPL",
-                    Some(VIEWER),
-                    None,
-                )
-                .await;
-            statuses.push(r.status);
-        }
         assert_eq!(
-            statuses,
+            quotes_with_pauses(&h, 9, Duration::ZERO).await,
             [200, 200, 502, 200, 200, 502, 200, 200, 502],
             "http2: {http2}"
         );
-        let sent = h
-            .journal()
-            .iter()
-            .filter(|e| e.path.starts_with("/marketdata/v1/quotes"))
-            .count();
         assert_eq!(
-            sent, 9,
+            quotes_journaled(&h),
+            9,
             "each request reached the broker once (http2: {http2})"
         );
     }
@@ -600,6 +584,94 @@ async fn a_request_the_dying_connection_never_took_is_sent_on_a_new_one() {
     assert_eq!(statuses, [200, 502, 502]);
     // The first, the reset one and the resent one: none arrived twice.
     assert_eq!(quotes_journaled(&h), 3);
+    assert_eq!(upstream_connects(&h, "h2").await, 2.0);
+}
+
+/// A TCP relay whose connections can be frozen: bytes stop flowing both
+/// ways while the sockets stay open, as when a broker or a NAT on the way
+/// vanishes without closing anything. Connections accepted after a freeze
+/// flow normally. The target is set once it is known.
+struct Relay {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    frozen: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex, OnceLock};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target: Arc<OnceLock<std::net::SocketAddr>> = Arc::default();
+        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let (t, f) = (target.clone(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Some(to) = t.get().copied() else { continue };
+                let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                f.lock().unwrap().push(flag.clone());
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                for (mut r, mut w) in [(ir, ow), (or, iw)] {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if flag.load(Ordering::SeqCst) {
+                                // Swallow everything; keep both sockets open.
+                                continue;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            addr,
+            target,
+            frozen,
+        }
+    }
+
+    fn freeze(&self) {
+        for f in self.frozen.lock().unwrap().iter() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_connection_that_stops_answering_is_replaced() {
+    let relay = Relay::start().await;
+    let relay_addr = relay.addr;
+    let h = Harness::start_with(SimOptions::default(), move |c| {
+        c.upstream.base_url = format!("https://{relay_addr}");
+        c.upstream.http2_connections = 1;
+        c.upstream.response_header_timeout.0 = Duration::from_millis(1500);
+        c.upstream.total_timeout.0 = Duration::from_millis(1500);
+        c.upstream.keep_alive_interval = Some(portcullis::config::Dur(Duration::from_millis(200)));
+        c.upstream.keep_alive_timeout.0 = Duration::from_millis(300);
+    })
+    .await;
+    relay.target.set(h.sim_addr).unwrap();
+    assert_eq!(quotes_with_pauses(&h, 1, Duration::ZERO).await, [200]);
+    relay.freeze();
+    // Into the silent connection: the unanswered PINGs get it closed after
+    // ~0.5 s, which fails the request (502) before its 1.5 s timeout (504).
+    assert_eq!(quotes_with_pauses(&h, 1, Duration::ZERO).await, [502]);
+    // The next request dials a new connection, which answers.
+    assert_eq!(quotes_with_pauses(&h, 1, Duration::ZERO).await, [200]);
     assert_eq!(upstream_connects(&h, "h2").await, 2.0);
 }
 
