@@ -133,12 +133,14 @@ impl Upstream {
     /// total timeout, and the time to response headers.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        req: UpstreamRequest,
     ) -> Result<(Response<ProxyBody>, Duration), Reject> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.total_timeout;
         let resp =
-            match tokio::time::timeout(self.response_header_timeout, self.exchange(req)).await {
+            match tokio::time::timeout(self.response_header_timeout, self.exchange(req, start))
+                .await
+            {
                 Err(_) => return Err(Reject::UpstreamTimeout),
                 Ok(Err(e)) => {
                     let e = e.as_error();
@@ -157,7 +159,12 @@ impl Upstream {
         Ok((Response::from_parts(parts, body), latency))
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Failure> {
+    /// `now`: when the request left the pipeline (its lane's last use).
+    async fn exchange(
+        &self,
+        req: UpstreamRequest,
+        now: Instant,
+    ) -> Result<Response<Incoming>, Failure> {
         if self.lanes.is_empty() || self.no_h2.load(Ordering::Relaxed) {
             return self.pooled.request(req).await.map_err(Failure::Pooled);
         }
@@ -168,7 +175,7 @@ impl Upstream {
         let mut dials = 0;
         let mut resent = false;
         loop {
-            let sent = match lane.send(req) {
+            let sent = match lane.send(req, now) {
                 Ok(sent) => sent,
                 Err(unsent) => {
                     if dials == 2 {
@@ -223,6 +230,13 @@ struct Live {
     last_used: Instant,
 }
 
+impl Live {
+    /// The connection still takes requests.
+    fn open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
+
 impl Lane {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Live>> {
         self.live
@@ -235,12 +249,13 @@ impl Lane {
     #[allow(clippy::result_large_err)]
     fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        req: UpstreamRequest,
+        now: Instant,
     ) -> Result<impl std::future::Future<Output = SendResult> + use<>, UpstreamRequest> {
         let mut live = self.lock();
         match live.as_mut() {
-            Some(l) if !l.sender.is_closed() => {
-                l.last_used = Instant::now();
+            Some(l) if l.open() => {
+                l.last_used = now;
                 Ok(l.sender.try_send_request(req))
             }
             _ => {
@@ -251,7 +266,7 @@ impl Lane {
     }
 
     fn is_live(&self) -> bool {
-        self.lock().as_ref().is_some_and(|l| !l.sender.is_closed())
+        self.lock().as_ref().is_some_and(Live::open)
     }
 
     /// Gives up connection `id` if it is still this lane's and has carried
