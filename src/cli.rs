@@ -919,10 +919,7 @@ async fn wait_signal() {
 
 async fn run_sim(args: SimArgs) -> Result<(), StartError> {
     let ca = demo::prepare_dir(&args.dir)?;
-    let mut tls = demo::write_pki(&args.dir, &ca, "sim", crate::certs::SIM_NAMES)?;
-    if args.http1_only {
-        tls = server::tls::http1_only(&tls);
-    }
+    let tls = demo::write_pki(&args.dir, &ca, "sim", crate::certs::SIM_NAMES)?;
     let listener = crate::bind_addr(args.listen).await?;
     let addr = listener
         .local_addr()
@@ -963,13 +960,17 @@ async fn run_sim(args: SimArgs) -> Result<(), StartError> {
     tokio::spawn(on_signals(trigger));
     let opts = ServeOptions {
         kind: "sim",
-        limits: crate::config::Limits::default(),
+        limits: sim
+            .options()
+            .listener_limits(crate::config::Limits::default()),
         metrics: None,
         per_ip_exempt: Vec::new(),
     };
     server::serve(
         listener,
-        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Some(tokio_rustls::TlsAcceptor::from(
+            sim.options().listener_tls(tls),
+        )),
         sim.handler(),
         opts,
         shutdown,

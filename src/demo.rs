@@ -174,10 +174,7 @@ pub async fn start_with(
     shutdown: Shutdown,
 ) -> Result<(DemoHandle, tokio::task::JoinHandle<Result<(), StartError>>), StartError> {
     let ca = prepare_dir(&opts.dir)?;
-    let mut sim_tls = write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?;
-    if sim_options.http1_only {
-        sim_tls = server::tls::http1_only(&sim_tls);
-    }
+    let sim_tls = sim_options.listener_tls(write_pki(&opts.dir, &ca, "sim", SIM_NAMES)?);
     write_pki(&opts.dir, &ca, "proxy", PROXY_NAMES)?;
 
     let sim_listener = crate::bind_addr(opts.sim).await?;
@@ -239,16 +236,9 @@ pub async fn start_with(
     // The login talks to the simulator whatever a test does to the upstream.
     let login_cfg = cfg.clone();
     customize(&mut cfg);
-    let mut sim_limits = cfg.limits.clone();
-    if let Some(t) = sim.options().idle_timeout {
-        sim_limits.idle_timeout = crate::config::Dur(t);
-    }
-    if let Some(n) = sim.options().h2_max_concurrent_streams {
-        sim_limits.h2_max_concurrent_streams = n;
-    }
     let sim_opts = ServeOptions {
         kind: "sim",
-        limits: sim_limits,
+        limits: sim.options().listener_limits(cfg.limits.clone()),
         metrics: None,
         per_ip_exempt: Vec::new(),
     };

@@ -56,6 +56,30 @@ pub struct SimOptions {
     pub http1_only: bool,
 }
 
+impl SimOptions {
+    /// The simulator listener's TLS setup: `base`, or without `h2` by ALPN
+    /// with `http1_only`.
+    pub fn listener_tls(&self, base: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+        if self.http1_only {
+            crate::server::tls::http1_only(&base)
+        } else {
+            base
+        }
+    }
+
+    /// The simulator listener's limits: `base` with this simulator's idle
+    /// timeout and HTTP/2 stream cap, where set.
+    pub fn listener_limits(&self, mut base: crate::config::Limits) -> crate::config::Limits {
+        if let Some(t) = self.idle_timeout {
+            base.idle_timeout = crate::config::Dur(t);
+        }
+        if let Some(n) = self.h2_max_concurrent_streams {
+            base.h2_max_concurrent_streams = n;
+        }
+        base
+    }
+}
+
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
